@@ -1,0 +1,147 @@
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+static struct vgpu_config g_config;
+
+const struct vgpu_config *vgpu_config(void) { return &g_config; }
+
+int vgpu_parse_size(const char *text, uint64_t *bytes)
+{
+    const char *p = text;
+    uint64_t value = 0;
+    if (*p < '0' || *p > '9')
+        return -1;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (value > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+            return -1;
+        value = value * 10 + (uint64_t)(*p - '0');
+    }
+    unsigned shift = 0;
+    switch (*p) {
+    case '\0': break;
+    case 'k': case 'K': shift = 10; p++; break;
+    case 'm': case 'M': shift = 20; p++; break;
+    case 'g': case 'G': shift = 30; p++; break;
+    case 't': case 'T': shift = 40; p++; break;
+    default: return -1;
+    }
+    if (*p != '\0' || value == 0 || value > (UINT64_MAX >> shift))
+        return -1;
+    *bytes = value << shift;
+    return 0;
+}
+
+static void fail(const char *name, const char *value, const char *expected)
+{
+    if (g_config.broken)
+        return; /* keep the first reason: it is the one to fix first */
+    g_config.broken = 1;
+    snprintf(g_config.error, sizeof g_config.error, "%s='%.80s' is not valid (%s)", name, value,
+             expected);
+}
+
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return (v && *v) ? v : NULL; /* an empty variable counts as unset */
+}
+
+static void size_var(const char *name, uint64_t *out)
+{
+    const char *v = env(name);
+    if (!v)
+        return;
+    if (vgpu_parse_size(v, out) != 0)
+        fail(name, v, "expected a positive size such as 4g, 4096m or a byte count; "
+                      "unset it for no limit");
+}
+
+static void percent_var(const char *name, uint32_t *out)
+{
+    const char *v = env(name);
+    if (!v)
+        return;
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || *end || end == v || n < 0 || n > 100) {
+        fail(name, v, "expected a whole percent from 0 to 100");
+        return;
+    }
+    *out = (n == 100) ? 0 : (uint32_t)n; /* 0 and 100 both mean no cap */
+}
+
+/* Reads NAME and NAME_0 .. NAME_15: the bare name sets every device, an
+ * indexed one overrides it for that CUDA ordinal. */
+static void per_device_sizes(const char *name, uint64_t out[VGPU_MAX_DEVICES])
+{
+    uint64_t all = out[0];
+    size_var(name, &all);
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
+        char indexed[96];
+        snprintf(indexed, sizeof indexed, "%s_%d", name, i);
+        out[i] = all;
+        size_var(indexed, &out[i]);
+    }
+}
+
+static void per_device_percents(const char *name, uint32_t out[VGPU_MAX_DEVICES])
+{
+    uint32_t all = 0;
+    percent_var(name, &all);
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
+        char indexed[96];
+        snprintf(indexed, sizeof indexed, "%s_%d", name, i);
+        out[i] = all;
+        percent_var(indexed, &out[i]);
+    }
+}
+
+void vgpu_config_load(void)
+{
+    memset(&g_config, 0, sizeof g_config);
+
+    const char *level = env("LIBCUDA_LOG_LEVEL");
+    if (level) {
+        char *end;
+        long n = strtol(level, &end, 10);
+        vgpu_log_set_level((*end || n < 0) ? VGPU_LOG_ERROR : (int)(n > 4 ? 4 : n));
+    }
+
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++)
+        g_config.memory_limit[i] = VGPU_UNLIMITED;
+    per_device_sizes("CUDA_DEVICE_MEMORY_LIMIT", g_config.memory_limit);
+    per_device_sizes("LIBVGPU_PROCESS_MEMORY_LIMIT", g_config.process_memory_limit);
+    per_device_percents("CUDA_DEVICE_SM_LIMIT", g_config.sm_limit);
+    per_device_percents("LIBVGPU_PROCESS_SM_LIMIT", g_config.process_sm_limit);
+    size_var("LIBVGPU_CONTEXT_SIZE", &g_config.context_size);
+
+    const char *policy = env("GPU_CORE_UTILIZATION_POLICY");
+    if (!policy || strcasecmp(policy, "default") == 0)
+        g_config.policy = VGPU_POLICY_DEFAULT;
+    else if (strcasecmp(policy, "force") == 0)
+        g_config.policy = VGPU_POLICY_FORCE;
+    else if (strcasecmp(policy, "disable") == 0)
+        g_config.policy = VGPU_POLICY_DISABLE;
+    else
+        fail("GPU_CORE_UTILIZATION_POLICY", policy, "expected default, force or disable");
+
+    const char *path = env("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+    if (path && strlen(path) >= sizeof g_config.region_path)
+        fail("CUDA_DEVICE_MEMORY_SHARED_CACHE", path, "path too long");
+    else if (path)
+        snprintf(g_config.region_path, sizeof g_config.region_path, "%s", path);
+    else
+        snprintf(g_config.region_path, sizeof g_config.region_path, "/tmp/libvgpu.%u.region",
+                 (unsigned)getuid());
+
+    const char *identity = env("LIBVGPU_IDENTITY");
+    snprintf(g_config.identity, sizeof g_config.identity, "%s", identity ? identity : "");
+}

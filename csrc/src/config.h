@@ -1,0 +1,41 @@
+/*
+ * Everything libvgpu reads from the environment, parsed once when the library
+ * is loaded: hot paths never call getenv. A malformed value marks the whole
+ * configuration broken; CUDA calls then fail (fail closed), never run unlimited.
+ */
+#ifndef VGPU_CONFIG_H
+#define VGPU_CONFIG_H
+
+#include <stdint.h>
+
+#include "vgpu_region.h"
+
+enum vgpu_policy {
+    VGPU_POLICY_DEFAULT = 0, /* work-conserving compute share */
+    VGPU_POLICY_FORCE = 1,   /* the share is a hard cap */
+    VGPU_POLICY_DISABLE = 2, /* no compute cap */
+};
+
+struct vgpu_config {
+    int broken;
+    char error[320];
+    /* Indexed by the CUDA device ordinal this process sees. */
+    uint64_t memory_limit[VGPU_MAX_DEVICES];         /* VGPU_UNLIMITED when unset */
+    uint64_t process_memory_limit[VGPU_MAX_DEVICES]; /* 0 = none */
+    uint32_t sm_limit[VGPU_MAX_DEVICES];             /* percent, 0 = none */
+    uint32_t process_sm_limit[VGPU_MAX_DEVICES];     /* percent, 0 = none */
+    int policy;
+    uint64_t context_size; /* 0 = measure it */
+    char region_path[4096];
+    char identity[VGPU_IDENTITY_LEN];
+};
+
+/* Parses the environment into the process-wide configuration. */
+void vgpu_config_load(void);
+const struct vgpu_config *vgpu_config(void);
+
+/* "20480m", "4g", "1073741824": digits with an optional k/m/g/t suffix
+ * (1024-based). Returns 0 on success; zero, overflow and anything else fail. */
+int vgpu_parse_size(const char *text, uint64_t *bytes);
+
+#endif
