@@ -93,15 +93,30 @@ static uint64_t measure_context_size(int ordinal, int entry, uint64_t provisiona
     return atomic_load(&d->context_size);
 }
 
+/* Room left for this process on a device: under the slice and under its own cap. */
+static uint64_t room(int entry)
+{
+    uint64_t free_bytes = UINT64_MAX, total = UINT64_MAX;
+    vgpu_slice_view(entry, &free_bytes, &total);
+    return free_bytes;
+}
+
 /* Creates a context through `create` with its memory charged to the slice
- * before the driver is asked, so that processes starting together can never
- * overshoot the slice. An unmeasured context is charged the fallback estimate
- * first and settled to its measured size right after. */
+ * before the driver is asked, so that processes starting together cannot
+ * overshoot the slice. A context of unknown size is charged an estimate
+ * first (the fallback, or what room is left if less, but never under a
+ * quarter of it) and settled to its measured size right after. */
 static CUresult charged_create(int ordinal, int entry, CUresult (*create)(void *), void (*destroy)(void *),
                                void *arg, uint64_t *bytes)
 {
     uint64_t known = known_context_size(entry);
-    uint64_t charged = known ? known : VGPU_FALLBACK_CONTEXT_SIZE;
+    uint64_t charged = known;
+    if (!known) {
+        uint64_t left = room(entry);
+        if (left < VGPU_FALLBACK_CONTEXT_SIZE / 4)
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        charged = left < VGPU_FALLBACK_CONTEXT_SIZE ? left : VGPU_FALLBACK_CONTEXT_SIZE;
+    }
     CUresult r = vgpu_charge(entry, charged);
     if (r != CUDA_SUCCESS)
         return r;

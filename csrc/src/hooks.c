@@ -61,21 +61,31 @@ int vgpu_base_name_wrapped(const char *base)
     return 0;
 }
 
-/* Called by the dlsym trampoline for every handle but RTLD_NEXT. */
-__attribute__((visibility("hidden"))) void *vgpu_dlsym_hooked(void *handle, const char *name)
+/* Cheap test for the two prefixes libvgpu wraps, without libc: this runs for
+ * every dlsym in the process. */
+__attribute__((no_sanitize("address", "undefined"))) static int driver_name(const char *name)
+{
+    return (name[0] == 'c' && name[1] == 'u') ||
+           (name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l');
+}
+
+/* Called by the dlsym trampoline for every handle but RTLD_NEXT. Sanitizer
+ * runtimes call dlsym while they start, before instrumented code may run, so
+ * the path every lookup takes is left uninstrumented. */
+__attribute__((visibility("hidden"), no_sanitize("address", "undefined"))) void *
+vgpu_dlsym_hooked(void *handle, const char *name)
 {
     void *found = vgpu_libc_dlsym(handle, name);
     /* Substitute only what the library really has, so "does this driver
      * provide X?" keeps its true answer. */
-    if (found && name && ((name[0] == 'c' && name[1] == 'u') || strncmp(name, "nvml", 4) == 0)) {
-        void *wrapper = vgpu_wrapper_for_name(name);
-        if (wrapper) {
-            if (name[0] == 'c' ? vgpu_real_cuda_load() : vgpu_real_nvml_load())
-                return found; /* nothing to forward to: the program keeps the real one */
-            return wrapper;
-        }
-    }
-    return found;
+    if (!found || !name || !driver_name(name))
+        return found;
+    void *wrapper = vgpu_wrapper_for_name(name);
+    if (!wrapper)
+        return found;
+    if (name[0] == 'c' ? vgpu_real_cuda_load() : vgpu_real_nvml_load())
+        return found; /* nothing to forward to: the program keeps the real one */
+    return wrapper;
 }
 
 /* The driver picked the entry point for the caller's CUDA version and stream

@@ -14,7 +14,7 @@ static int g_nvml_ok;
 
 void *vgpu_resolve_real_dlsym(void);
 
-void *vgpu_libc_dlsym(void *handle, const char *name)
+__attribute__((no_sanitize("address", "undefined"))) void *vgpu_libc_dlsym(void *handle, const char *name)
 {
     void *(*real)(void *, const char *) = (void *(*)(void *, const char *))vgpu_resolve_real_dlsym();
     return real(handle, name);

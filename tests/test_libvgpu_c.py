@@ -1,0 +1,242 @@
+"""libvgpu's C tests, against the fake driver, plain and under ASan + UBSan.
+
+Each case of csrc/tests/test_libvgpu.c runs in a fresh process with
+libvgpu LD_PRELOADed, a fresh shared region and a fresh fake-driver state,
+in each way a program can reach the driver (linked, dlsym, cuGetProcAddress).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCESS = ["direct", "dlsym", "procaddr", "ptsz"]
+VARIANTS = ["plain", "sanitized"]
+GiB = 1 << 30
+
+
+def _build(variant: str) -> Path:
+    build = ROOT / "build" / f"csrc-tests-{variant}"
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.fail("cmake is needed to build the C tests: pip install '.[test]' installs it")
+    args = [
+        cmake, "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug",
+        "-DVGPU_BUILD_TESTS=ON", f"-DVGPU_SANITIZE={'ON' if variant == 'sanitized' else 'OFF'}",
+    ]
+    for cmd in (args, [cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+    return build
+
+
+@pytest.fixture(scope="session", params=VARIANTS)
+def build(request: pytest.FixtureRequest) -> tuple[str, Path]:
+    return request.param, _build(request.param)
+
+
+class Runner:
+    def __init__(self, variant: str, build: Path, tmp: Path):
+        self.variant = variant
+        self.build = build
+        self.tmp = tmp
+        self.library = build / "csrc" / "libvgpu.so"
+        self.region = tmp / "slice.region"
+
+    def run(self, case: str, env: dict[str, str] | None = None, access: str = "direct",
+            shim: bool = False, expect_ok: bool = True) -> subprocess.CompletedProcess[str]:
+        preload = [str(self.library)]
+        if shim:
+            preload.insert(0, str(self.build / "csrc" / "tests" / "libprofiler_shim.so"))
+        if self.variant == "sanitized":
+            # The sanitizer runtime has to come first in the process.
+            asan = subprocess.run(["cc", "-print-file-name=libasan.so"], capture_output=True,
+                                  text=True).stdout.strip()
+            preload.insert(0, asan)
+        full_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LD_LIBRARY_PATH": str(self.build / "fakedrv"),
+            "LD_PRELOAD": " ".join(preload),
+            "FAKE_CUDA_STATE": str(self.tmp / "fake.state"),
+            "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(self.region),
+            "VGPU_TEST_LIBRARY": str(self.library),
+            "VGPU_TEST_ACCESS": access,
+            "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=99",
+            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=98",
+        }
+        full_env.update(env or {})
+        done = subprocess.run([str(self.build / "csrc" / "tests" / "test_libvgpu"), case],
+                              env=full_env, capture_output=True, text=True, timeout=300)
+        if expect_ok:
+            assert done.returncode == 0 and f"PASS {case}" in done.stdout, (
+                f"{case} [{access}, {self.variant}] exited {done.returncode}\n"
+                f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}")
+        return done
+
+
+@pytest.fixture
+def runner(build: tuple[str, Path], tmp_path: Path) -> Runner:
+    return Runner(build[0], build[1], tmp_path)
+
+
+SLICE_1G = {"CUDA_DEVICE_MEMORY_LIMIT": "1g"}
+
+
+@pytest.mark.parametrize("access", ACCESS)
+def test_every_allocation_path_is_limited(runner: Runner, access: str) -> None:
+    out = runner.run("paths", SLICE_1G, access).stdout
+    for path in ("cuMemAlloc", "cuMemAllocManaged", "cuMemAllocPitch", "cuMemAllocAsync",
+                 "cuMemAllocFromPoolAsync", "cuArrayCreate", "cuArray3DCreate",
+                 "cuMipmappedArrayCreate", "cuMemCreate"):
+        assert f"ok {path}\n" in out
+
+
+@pytest.mark.parametrize("access", ACCESS)
+def test_info_queries_report_the_slice(runner: Runner, access: str) -> None:
+    runner.run("info", SLICE_1G, access)
+
+
+@pytest.mark.parametrize("access", ACCESS)
+def test_null_out_pointers_never_crash(runner: Runner, access: str) -> None:
+    runner.run("null_pointers", SLICE_1G, access)
+
+
+def test_legacy_32bit_entry_points_are_refused(runner: Runner) -> None:
+    runner.run("legacy", SLICE_1G)
+
+
+@pytest.mark.parametrize("access", ["direct", "procaddr"])
+def test_per_process_cap_inside_the_slice(runner: Runner, access: str) -> None:
+    runner.run("process_cap", {**SLICE_1G, "LIBVGPU_PROCESS_MEMORY_LIMIT": "256m"}, access)
+
+
+def test_slice_limit_changes_while_running(runner: Runner) -> None:
+    runner.run("live_limit", SLICE_1G)
+
+
+@pytest.mark.parametrize("access", ["direct", "procaddr"])
+def test_contexts_are_charged_to_the_slice(runner: Runner, access: str) -> None:
+    runner.run("contexts", SLICE_1G, access)
+
+
+@pytest.mark.parametrize("access", ["direct", "ptsz"])
+def test_sixteen_processes_never_exceed_the_slice_together(runner: Runner, access: str) -> None:
+    # A 1 GiB slice and 16 small contexts leave room for about 12 of the 64
+    # allocations that could be held at once: the processes must contend.
+    env = {**SLICE_1G, "FAKE_CUDA_CONTEXT_SIZE": str(16 << 20)}
+    out = runner.run("concurrent", env, access).stdout
+    assert "refused=" in out
+
+
+def test_sixteen_processes_with_context_size_being_measured(runner: Runner) -> None:
+    # Same, but the context's size is unknown when they start: each measures.
+    env = {**SLICE_1G, "FAKE_CUDA_CONTEXT_SIZE": str(16 << 20)}
+    runner.run("concurrent", env)
+
+
+def test_sigkilled_process_share_is_reclaimed(runner: Runner) -> None:
+    runner.run("sigkill", SLICE_1G)
+
+
+@pytest.mark.parametrize("access", ["direct", "dlsym"])
+def test_rtld_next_keeps_its_meaning(runner: Runner, access: str) -> None:
+    runner.run("rtld_next", SLICE_1G, access)
+
+
+def test_profiler_chaining_with_rtld_next_stays_limited(runner: Runner) -> None:
+    out = runner.run("rtld_next", SLICE_1G, shim=True).stdout
+    assert "ok through the profiler shim" in out
+
+
+def test_cuGetProcAddress_returns_the_wrapper_of_the_asked_abi(runner: Runner) -> None:
+    runner.run("procaddr_abi", SLICE_1G)
+
+
+@pytest.mark.parametrize("visible", [None, "1,0", "uuids"])
+def test_two_gpus_each_get_their_own_limit(runner: Runner, visible: str | None) -> None:
+    env = {"FAKE_CUDA_DEVICE_COUNT": "2", "CUDA_DEVICE_MEMORY_LIMIT_0": "1g",
+           "CUDA_DEVICE_MEMORY_LIMIT_1": "2g"}
+    if visible == "uuids":
+        env["CUDA_VISIBLE_DEVICES"] = ("GPU-face0001-1020-3040-5060-708090a0b0c0,"
+                                       "GPU-face0000-1020-3040-5060-708090a0b0c0")
+    elif visible:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    out = runner.run("two_devices", env).stdout
+    first = "GPU 0" if visible is None else "GPU 1"
+    assert f"ok ordinal 0 is {first} with 1024 MiB" in out
+
+
+def test_nvml_only_programs_see_the_slice(runner: Runner) -> None:
+    runner.run("nvml_only", SLICE_1G)
+
+
+def test_without_a_limit_the_whole_device_is_seen(runner: Runner) -> None:
+    runner.run("unlimited")
+
+
+BROKEN_ENV = [
+    ("CUDA_DEVICE_MEMORY_LIMIT", "4x"),
+    ("CUDA_DEVICE_MEMORY_LIMIT", "0"),
+    ("CUDA_DEVICE_MEMORY_LIMIT", "-1g"),
+    ("CUDA_DEVICE_MEMORY_LIMIT", "1.5g"),
+    ("CUDA_DEVICE_MEMORY_LIMIT", "99999999999999999999g"),
+    ("CUDA_DEVICE_MEMORY_LIMIT_0", "lots"),
+    ("LIBVGPU_PROCESS_MEMORY_LIMIT", "4 GiB"),
+    ("CUDA_DEVICE_SM_LIMIT", "150"),
+    ("GPU_CORE_UTILIZATION_POLICY", "fastest"),
+]
+
+
+@pytest.mark.parametrize("name,value", BROKEN_ENV)
+@pytest.mark.parametrize("access", ["direct", "procaddr"])
+def test_malformed_configuration_fails_closed(runner: Runner, name: str, value: str,
+                                              access: str) -> None:
+    done = runner.run("fails_closed", {name: value}, access)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("libvgpu[")]
+    assert len(lines) == 1, done.stderr
+    assert f"{name}='{value}'" in lines[0] and "CUDA calls will fail" in lines[0]
+
+
+def _header(magic: int = 0x55504776, version: int = 1) -> bytes:
+    return struct.pack("<IIIIII", magic, version, 4096 + 1024 * 1024, 16, 1024, 1024)
+
+
+REGIONS = {
+    "garbage": lambda: os.urandom(4096 + 1024 * 1024),
+    "other_version": lambda: _header(version=7).ljust(4096 + 1024 * 1024, b"\0"),
+    "bad_checksum": lambda: _header().ljust(4096 + 1024 * 1024, b"\0"),
+    "truncated": lambda: _header()[:16],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REGIONS))
+def test_corrupted_region_fails_closed(runner: Runner, kind: str) -> None:
+    runner.region.write_bytes(REGIONS[kind]())
+    done = runner.run("fails_closed", SLICE_1G)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("libvgpu[")]
+    assert len(lines) == 1 and str(runner.region) in lines[0], done.stderr
+    if kind == "other_version":
+        assert "layout version 7" in lines[0]
+
+
+def test_region_in_a_missing_directory_fails_closed(runner: Runner) -> None:
+    done = runner.run("fails_closed", {**SLICE_1G,
+                                       "CUDA_DEVICE_MEMORY_SHARED_CACHE": "/nonexistent/dir/r"})
+    assert "cannot create the shared region" in done.stderr
+
+
+def test_fake_driver_models_what_the_tests_rely_on(build: tuple[str, Path], tmp_path: Path) -> None:
+    # The fake's own checks (numbering, cross-process state, cuGetProcAddress
+    # rules, NVML) are what make the libvgpu tests above mean something.
+    variant, build_dir = build
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": str(tmp_path),
+           "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+    done = subprocess.run([str(build_dir / "csrc" / "tests" / "fake" / "fake_selftest")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
