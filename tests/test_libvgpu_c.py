@@ -176,6 +176,19 @@ def test_nvml_only_programs_see_the_slice(runner: Runner) -> None:
     runner.run("nvml_only", SLICE_1G)
 
 
+def test_slot_records_identity_and_usage(runner: Runner) -> None:
+    runner.run("identity", {**SLICE_1G, "LIBVGPU_IDENTITY": "kernel-3f2a9c"})
+
+
+def test_child_forked_after_attaching_gets_its_own_slot(runner: Runner) -> None:
+    runner.run("fork_after_init", SLICE_1G)
+
+
+def test_log_level_zero_silences_but_still_fails_closed(runner: Runner) -> None:
+    done = runner.run("fails_closed", {"CUDA_DEVICE_MEMORY_LIMIT": "4x", "LIBCUDA_LOG_LEVEL": "0"})
+    assert "libvgpu[" not in done.stderr
+
+
 def test_without_a_limit_the_whole_device_is_seen(runner: Runner) -> None:
     runner.run("unlimited")
 

@@ -672,6 +672,68 @@ static void case_unlimited(void)
     CHECK_CU(A.free(p), CUDA_SUCCESS);
 }
 
+
+static int own_slot(struct vgpu_region *r)
+{
+    for (uint32_t i = 0; i < atomic_load(&r->header.proc_high); i++)
+        if (atomic_load(&r->procs[i].pid) == getpid())
+            return (int)i;
+    return -1;
+}
+
+/* A process's slot carries its identity (the kernel id) and its usage, so
+ * usage can be attributed. */
+static void case_identity(void)
+{
+    load_api();
+    open_device(0);
+    CUdeviceptr p;
+    CHECK_CU(A.alloc(&p, 100 * MiB), CUDA_SUCCESS);
+    struct vgpu_region *r = map_region();
+    int slot = own_slot(r);
+    CHECK(slot >= 0, "no slot carries this process's pid");
+    CHECK(strcmp(r->procs[slot].identity, getenv("LIBVGPU_IDENTITY")) == 0, "identity is '%s'",
+          r->procs[slot].identity);
+    int e = region_entry_of_physical(r, 0);
+    CHECK(atomic_load(&r->procs[slot].used[e]) == context_bytes() + 100 * MiB, "slot usage %llu",
+          (unsigned long long)atomic_load(&r->procs[slot].used[e]));
+    CHECK_CU(A.free(p), CUDA_SUCCESS);
+    CHECK(atomic_load(&r->procs[slot].used[e]) == context_bytes(), "usage after the free");
+}
+
+/* A child forked after the parent attached accounts in a slot of its own,
+ * never in the parent's. */
+static void case_fork_after_init(void)
+{
+    load_api();
+    open_device(0);
+    CUdeviceptr p;
+    CHECK_CU(A.alloc(&p, 100 * MiB), CUDA_SUCCESS);
+    struct vgpu_region *r = map_region();
+    int parent_slot = own_slot(r);
+    int e = region_entry_of_physical(r, 0);
+    uint64_t parent_used = atomic_load(&r->procs[parent_slot].used[e]);
+    pid_t child = fork();
+    CHECK(child >= 0, "fork");
+    if (child == 0) {
+        open_device(0);
+        CUdeviceptr q;
+        CHECK_CU(A.alloc(&q, 200 * MiB), CUDA_SUCCESS);
+        int slot = own_slot(r);
+        CHECK(slot >= 0 && slot != parent_slot, "the child took slot %d, the parent's is %d", slot, parent_slot);
+        CHECK(atomic_load(&r->procs[slot].used[e]) == context_bytes() + 200 * MiB, "child usage");
+        _exit(0); /* without freeing: its usage must be reclaimed */
+    }
+    int status;
+    CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0, "child failed");
+    CHECK(atomic_load(&r->procs[parent_slot].used[e]) == parent_used, "the child charged the parent's slot");
+    fake_cuda_reap_dead();
+    size_t free_b, total_b;
+    CHECK_CU(A.info(&free_b, &total_b), CUDA_SUCCESS);
+    CHECK(free_b == GiB - parent_used, "the dead child's share is free again: %zu", free_b);
+    CHECK_CU(A.free(p), CUDA_SUCCESS);
+}
+
 static const struct test_case g_cases[] = {
     {"paths", case_paths},
     {"info", case_info},
@@ -688,6 +750,8 @@ static const struct test_case g_cases[] = {
     {"two_devices", case_two_devices},
     {"nvml_only", case_nvml_only},
     {"unlimited", case_unlimited},
+    {"identity", case_identity},
+    {"fork_after_init", case_fork_after_init},
 };
 
 int main(int argc, char **argv)
