@@ -58,6 +58,23 @@ static int slice_entry(nvmlDevice_t device)
     return -1;
 }
 
+/* Narrows a successful answer of NVML's about a device to the slice.
+ * Returns 1 if the device is in the slice, 0 if not, -1 if libvgpu has
+ * failed closed. */
+static int narrow(nvmlDevice_t device, unsigned long long *total, unsigned long long *free_bytes,
+                  unsigned long long *used)
+{
+    int entry = slice_entry(device);
+    if (entry < 0)
+        return entry == -2 ? -1 : 0;
+    uint64_t f = *free_bytes, t = *total;
+    vgpu_slice_view(entry, &f, &t);
+    *total = t;
+    *free_bytes = f;
+    *used = t - f;
+    return 1;
+}
+
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory)
 {
     if (vgpu_real_nvml_load() != 0 || !vgpu_real.nvmlDeviceGetMemoryInfo)
@@ -65,17 +82,7 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory)
     nvmlReturn_t r = vgpu_real.nvmlDeviceGetMemoryInfo(device, memory);
     if (r != NVML_SUCCESS || !memory)
         return r;
-    int entry = slice_entry(device);
-    if (entry == -2)
-        return NVML_ERROR_UNKNOWN;
-    if (entry < 0)
-        return r;
-    uint64_t f = memory->free, t = memory->total;
-    vgpu_slice_view(entry, &f, &t);
-    memory->total = t;
-    memory->free = f;
-    memory->used = t - f;
-    return r;
+    return narrow(device, &memory->total, &memory->free, &memory->used) < 0 ? NVML_ERROR_UNKNOWN : r;
 }
 
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory)
@@ -85,17 +92,11 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
     nvmlReturn_t r = vgpu_real.nvmlDeviceGetMemoryInfo_v2(device, memory);
     if (r != NVML_SUCCESS || !memory)
         return r;
-    int entry = slice_entry(device);
-    if (entry == -2)
+    int in_slice = narrow(device, &memory->total, &memory->free, &memory->used);
+    if (in_slice < 0)
         return NVML_ERROR_UNKNOWN;
-    if (entry < 0)
-        return r;
-    uint64_t f = memory->free, t = memory->total;
-    vgpu_slice_view(entry, &f, &t);
-    /* The driver's reservation is outside the slice: total = free + used. */
-    memory->total = t;
-    memory->reserved = 0;
-    memory->free = f;
-    memory->used = t - f;
+    /* Inside a slice the driver's reservation is not the slice's: total = free + used. */
+    if (in_slice)
+        memory->reserved = 0;
     return r;
 }

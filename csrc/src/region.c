@@ -144,7 +144,8 @@ void vgpu_region_close(struct vgpu_region_handle *h)
 
 static off_t slot_offset(int slot) { return (off_t)VGPU_PROCS_OFFSET + (off_t)slot * VGPU_PROC_SIZE; }
 
-static int slot_lock(int fd, int slot, short type)
+/* The one byte of the file whose lock is slot i's ownership. */
+static struct flock slot_byte(int slot, short type)
 {
     struct flock fl;
     memset(&fl, 0, sizeof fl);
@@ -152,17 +153,18 @@ static int slot_lock(int fd, int slot, short type)
     fl.l_whence = SEEK_SET;
     fl.l_start = slot_offset(slot);
     fl.l_len = 1;
+    return fl;
+}
+
+static int slot_lock(int fd, int slot, short type)
+{
+    struct flock fl = slot_byte(slot, type);
     return fcntl(fd, F_OFD_SETLK, &fl);
 }
 
 int vgpu_region_slot_live(const struct vgpu_region_handle *h, int slot)
 {
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = slot_offset(slot);
-    fl.l_len = 1;
+    struct flock fl = slot_byte(slot, F_WRLCK);
     if (fcntl(h->fd, F_OFD_GETLK, &fl) != 0)
         return 1; /* cannot tell: treat as live, never reclaim a live process */
     return fl.l_type != F_UNLCK;
