@@ -7,82 +7,13 @@ in each way a program can reach the driver (linked, dlsym, cuGetProcAddress).
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-ACCESS = ["direct", "dlsym", "procaddr", "ptsz"]
-VARIANTS = ["plain", "sanitized"]
-GiB = 1 << 30
-
-
-def _build(variant: str) -> Path:
-    build = ROOT / "build" / f"csrc-tests-{variant}"
-    cmake = shutil.which("cmake")
-    if cmake is None:
-        pytest.fail("cmake is needed to build the C tests: pip install '.[test]' installs it")
-    args = [
-        cmake, "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug",
-        "-DVGPU_BUILD_TESTS=ON", f"-DVGPU_SANITIZE={'ON' if variant == 'sanitized' else 'OFF'}",
-    ]
-    for cmd in (args, [cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)]):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
-    return build
-
-
-@pytest.fixture(scope="session", params=VARIANTS)
-def build(request: pytest.FixtureRequest) -> tuple[str, Path]:
-    return request.param, _build(request.param)
-
-
-class Runner:
-    def __init__(self, variant: str, build: Path, tmp: Path):
-        self.variant = variant
-        self.build = build
-        self.tmp = tmp
-        self.library = build / "csrc" / "libvgpu.so"
-        self.region = tmp / "slice.region"
-
-    def run(self, case: str, env: dict[str, str] | None = None, access: str = "direct",
-            shim: bool = False, expect_ok: bool = True) -> subprocess.CompletedProcess[str]:
-        preload = [str(self.library)]
-        if shim:
-            preload.insert(0, str(self.build / "csrc" / "tests" / "libprofiler_shim.so"))
-        if self.variant == "sanitized":
-            # The sanitizer runtime has to come first in the process.
-            asan = subprocess.run(["cc", "-print-file-name=libasan.so"], capture_output=True,
-                                  text=True).stdout.strip()
-            preload.insert(0, asan)
-        full_env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LD_LIBRARY_PATH": str(self.build / "fakedrv"),
-            "LD_PRELOAD": " ".join(preload),
-            "FAKE_CUDA_STATE": str(self.tmp / "fake.state"),
-            "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(self.region),
-            "VGPU_TEST_LIBRARY": str(self.library),
-            "VGPU_TEST_ACCESS": access,
-            "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=99",
-            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=98",
-        }
-        full_env.update(env or {})
-        done = subprocess.run([str(self.build / "csrc" / "tests" / "test_libvgpu"), case],
-                              env=full_env, capture_output=True, text=True, timeout=300)
-        if expect_ok:
-            assert done.returncode == 0 and f"PASS {case}" in done.stdout, (
-                f"{case} [{access}, {self.variant}] exited {done.returncode}\n"
-                f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}")
-        return done
-
-
-@pytest.fixture
-def runner(build: tuple[str, Path], tmp_path: Path) -> Runner:
-    return Runner(build[0], build[1], tmp_path)
+from conftest import ACCESS, Runner
 
 
 SLICE_1G = {"CUDA_DEVICE_MEMORY_LIMIT": "1g"}

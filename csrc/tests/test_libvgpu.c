@@ -734,6 +734,34 @@ static void case_fork_after_init(void)
     CHECK_CU(A.free(p), CUDA_SUCCESS);
 }
 
+/* Holds memory and some launches on every visible GPU, says "ready", and
+ * waits for standard input to close: a live process for tests that read the
+ * region from outside (tests/test_region_reader.py). VGPU_TEST_HOLD_MIB
+ * gives the MiB to hold per GPU, VGPU_TEST_LAUNCHES the launches per GPU. */
+static void case_hold(void)
+{
+    load_api();
+    CHECK_CU(A.init(0), CUDA_SUCCESS);
+    int count = 0;
+    CHECK_CU(cuDeviceGetCount(&count), CUDA_SUCCESS);
+    const char *mib = getenv("VGPU_TEST_HOLD_MIB");
+    const char *launches = getenv("VGPU_TEST_LAUNCHES");
+    for (int d = 0; d < count; d++) {
+        CUcontext ctx;
+        CHECK_CU(A.retain(&ctx, d), CUDA_SUCCESS);
+        CHECK_CU(A.set_current(ctx), CUDA_SUCCESS);
+        CUdeviceptr p;
+        CHECK_CU(A.alloc(&p, (mib ? strtoull(mib, NULL, 10) : 100) * MiB * (uint64_t)(d + 1)), CUDA_SUCCESS);
+        int n = launches ? atoi(launches) : 0;
+        for (int i = 0; i < n * (d + 1); i++)
+            CHECK_CU(cuLaunchKernel((CUfunction)&g_pool, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL), CUDA_SUCCESS);
+    }
+    printf("ready\n");
+    char buf[64];
+    while (read(0, buf, sizeof buf) > 0) {
+    }
+}
+
 static const struct test_case g_cases[] = {
     {"paths", case_paths},
     {"info", case_info},
@@ -752,6 +780,7 @@ static const struct test_case g_cases[] = {
     {"unlimited", case_unlimited},
     {"identity", case_identity},
     {"fork_after_init", case_fork_after_init},
+    {"hold", case_hold},
 };
 
 int main(int argc, char **argv)
