@@ -7,7 +7,8 @@
  * with it. Any change to a field's meaning, offset or size bumps
  * VGPU_REGION_VERSION; a process that finds another version fails closed.
  *
- * Layout (little-endian, naturally aligned, sizes fixed by static asserts):
+ * Layout (native byte order, which is little-endian on every supported
+ * platform; naturally aligned; sizes fixed by static asserts):
  *
  *   offset 0       struct vgpu_region_header   (256 bytes)
  *   offset 256     struct vgpu_device[16]      (64 bytes each)
@@ -24,8 +25,11 @@
  *    live?" is answered by F_OFD_GETLK, which a reused PID cannot fool.
  *  - Only the owner writes its slot's usage. To reclaim a dead slot, a
  *    process takes the slot's lock itself, zeroes it, and lets it go.
- *  - Slice-wide usage of a device is the sum of the live slots' used[dev];
- *    there is no separate total that a killed process could leave wrong.
+ *  - Slice-wide usage of a device is the sum of the slots' used[dev]; there
+ *    is no separate total that a killed process could leave wrong. A dead
+ *    process's slot still counts until someone reclaims it: any process that
+ *    would otherwise be refused memory, or asks how much is free, does so
+ *    first. Readers that show usage count live slots only.
  *  - Admission: add the request to your own used[dev], then sum all slots;
  *    if the sum exceeds the limit, take it back and fail. With sequentially
  *    consistent atomics, of any two concurrent requests at least one sees
@@ -34,6 +38,9 @@
  * Device entries are claimed with compare-and-swap on uuid_lo, then uuid_hi
  * (any process that matches uuid_lo completes uuid_hi itself), and
  * memory_limit moves from VGPU_LIMIT_UNSET to a value by compare-and-swap.
+ * An entry is registered once both UUID words are non-zero and its limit is
+ * set. A new slot's per-process caps are written from its environment just
+ * after it is claimed; a controller changes them only after that.
  * After that, memory_limit and sm_limit may be rewritten at any time by a
  * controller (the slice's new size applies to the next allocation).
  */
@@ -73,7 +80,7 @@ struct vgpu_region_header {
     uint32_t max_procs;     /* VGPU_MAX_PROCS */
     uint32_t proc_size;     /* VGPU_PROC_SIZE */
     uint64_t created_ns;    /* CLOCK_REALTIME at creation */
-    uint64_t checksum;      /* FNV-1a over the 32 bytes above */
+    uint64_t checksum;      /* FNV-1a 64 (offset basis 14695981039346656037) over the 32 bytes above */
     /* Slots [0, proc_high) may be in use; it only grows. */
     VGPU_ATOMIC(uint32_t) proc_high;
     uint32_t reserved0;

@@ -21,7 +21,7 @@ uint64_t vgpu_region_checksum(const struct vgpu_region_header *hdr)
     /* FNV-1a over the immutable fields, so a region overwritten by something
      * else (or half written) is told apart from ours. */
     const unsigned char *p = (const unsigned char *)hdr;
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 14695981039346656037ull;
     for (size_t i = 0; i < offsetof(struct vgpu_region_header, checksum); i++) {
         h ^= p[i];
         h *= 1099511628211ull;
@@ -220,6 +220,13 @@ static void uuid_words(const unsigned char uuid[16], uint64_t *lo, uint64_t *hi)
         *lo = 0x9e3779b97f4a7c15ull;
     if (*hi == 0)
         *hi = 0x9e3779b97f4a7c15ull;
+}
+
+void vgpu_region_device_uuid(const struct vgpu_region *r, int entry, unsigned char uuid[16])
+{
+    uint64_t lo = atomic_load(&r->devices[entry].uuid_lo), hi = atomic_load(&r->devices[entry].uuid_hi);
+    memcpy(uuid, &lo, 8);
+    memcpy(uuid + 8, &hi, 8);
 }
 
 int vgpu_region_find_device(const struct vgpu_region *r, const unsigned char uuid[16])
