@@ -184,3 +184,18 @@ def test_fake_driver_models_what_the_tests_rely_on(build: tuple[str, Path], tmp_
     done = subprocess.run([str(build_dir / "csrc" / "tests" / "fake" / "fake_selftest")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+PACING_CASES = ["force_alone", "two_tenants", "four_tenants", "default_alone_borrows",
+                "no_banked_credit", "silent_holder_is_displaced", "force_beside_default"]
+
+
+@pytest.mark.parametrize("case", PACING_CASES)
+def test_compute_share_logic_under_a_simulated_clock(build: tuple[str, Path], case: str) -> None:
+    # pacer.c + arbiter.c driven by a discrete-event simulation of tenants and
+    # a GPU: shares, start-up credit, fairness, work conservation, displacement.
+    done = subprocess.run([str(build[1] / "csrc" / "tests" / "test_pacing"), case],
+                          capture_output=True, text=True, timeout=600,
+                          env={"UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+                               "ASAN_OPTIONS": "detect_leaks=1"})
+    assert done.returncode == 0 and f"PASS {case}" in done.stdout, done.stdout + done.stderr

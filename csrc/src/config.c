@@ -142,6 +142,11 @@ void vgpu_config_load(void)
         snprintf(g_config.region_path, sizeof g_config.region_path, "/tmp/libvgpu.%u.region",
                  (unsigned)getuid());
 
+    const char *arbiter = env("LIBVGPU_ARBITER_DIR");
+    if (arbiter && strlen(arbiter) >= sizeof g_config.arbiter_dir - 64)
+        fail("LIBVGPU_ARBITER_DIR", arbiter, "path too long");
+    snprintf(g_config.arbiter_dir, sizeof g_config.arbiter_dir, "%s", arbiter ? arbiter : "/tmp/libvgpu");
+
     const char *identity = env("LIBVGPU_IDENTITY");
     snprintf(g_config.identity, sizeof g_config.identity, "%s", identity ? identity : "");
 }

@@ -27,6 +27,7 @@ struct vgpu_config {
     int policy;
     uint64_t context_size; /* 0 = measure it */
     char region_path[4096];
+    char arbiter_dir[4096];
     char identity[VGPU_IDENTITY_LEN];
 };
 

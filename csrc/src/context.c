@@ -16,6 +16,7 @@
 #include "alloc_map.h"
 #include "config.h"
 #include "hooks.h"
+#include "limiter.h"
 #include "log.h"
 #include "real_driver.h"
 #include "runtime.h"
@@ -171,6 +172,8 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
         struct retain_args a = {pctx, dev};
         r = charged_create(dev, entry, retain_call, retain_undo, &a, &g_primary_bytes[dev]);
         g_primary_refs[dev] = r == CUDA_SUCCESS;
+        if (r == CUDA_SUCCESS)
+            vgpu_limiter_device_active(entry);
     }
     pthread_mutex_unlock(&g_primary_lock);
     return r;
@@ -259,6 +262,8 @@ static CUresult create_context(struct create_args *a)
         return create_call(a);
     uint64_t bytes = 0;
     r = charged_create(a->dev, entry, create_call, create_undo, a, &bytes);
+    if (r == CUDA_SUCCESS)
+        vgpu_limiter_device_active(entry);
     if (r == CUDA_SUCCESS && vgpu_alloc_put(VGPU_KIND_CONTEXT, (uint64_t)(uintptr_t)*a->pctx, bytes, entry) != 0)
         VGPU_WARN("out of host memory while recording a context; it stays charged");
     return r;

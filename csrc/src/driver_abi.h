@@ -123,8 +123,26 @@ typedef struct CUmemAllocationProp_st {
     } allocFlags;
 } CUmemAllocationProp;
 
+typedef struct CUevent_st *CUevent;
+enum {
+    CUDA_ERROR_NOT_READY = 600,
+    CU_EVENT_DISABLE_TIMING = 0x2,
+    CU_STREAM_CAPTURE_STATUS_NONE = 0,
+};
+typedef int CUstreamCaptureStatus;
+
+/* cuLaunchKernelEx's configuration: libvgpu reads only the stream. */
+typedef struct CUlaunchAttribute_st CUlaunchAttribute;
+typedef struct CUlaunchConfig_st {
+    unsigned int gridDimX, gridDimY, gridDimZ;
+    unsigned int blockDimX, blockDimY, blockDimZ;
+    unsigned int sharedMemBytes;
+    CUstream hStream;
+    CUlaunchAttribute *attrs;
+    unsigned int numAttrs;
+} CUlaunchConfig;
+
 /* Opaque to libvgpu: only passed through. */
-typedef struct CUlaunchConfig_st CUlaunchConfig;
 typedef struct CUexecAffinityParam_st CUexecAffinityParam;
 typedef struct CUctxCreateParams_st CUctxCreateParams;
 
@@ -289,7 +307,16 @@ typedef struct nvmlProcessInfo_st {
     X(cuDeviceGet, (CUdevice * dev, int ordinal), (dev, ordinal))                          \
     X(cuDeviceGetUuid, (CUuuid * uuid, CUdevice dev), (uuid, dev))                         \
     X(cuDeviceGetUuid_v2, (CUuuid * uuid, CUdevice dev), (uuid, dev))                      \
-    X(cuCtxGetDevice, (CUdevice * dev), (dev))
+    X(cuCtxGetDevice, (CUdevice * dev), (dev))                                             \
+    X(cuCtxSynchronize, (void), ())                                                        \
+    X(cuEventCreate, (CUevent * event, unsigned int flags), (event, flags))                \
+    X(cuEventDestroy_v2, (CUevent event), (event))                                         \
+    X(cuEventRecord, (CUevent event, CUstream stream), (event, stream))                    \
+    X(cuEventRecord_ptsz, (CUevent event, CUstream stream), (event, stream))               \
+    X(cuEventQuery, (CUevent event), (event))                                              \
+    X(cuEventSynchronize, (CUevent event), (event))                                        \
+    X(cuStreamIsCapturing, (CUstream stream, CUstreamCaptureStatus * status), (stream, status)) \
+    X(cuStreamIsCapturing_ptsz, (CUstream stream, CUstreamCaptureStatus * status), (stream, status))
 
 #define VGPU_NVML_HELPERS(X)                                                               \
     X(nvmlInit_v2, (void), ())                                                             \

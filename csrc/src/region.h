@@ -40,6 +40,9 @@ int vgpu_region_claim_slot(struct vgpu_region_handle *h, const char *identity);
 int vgpu_region_device(struct vgpu_region *r, const unsigned char uuid[16], uint64_t memory_limit,
                        uint32_t sm_limit);
 
+/* The UUID of a registered entry. */
+void vgpu_region_device_uuid(const struct vgpu_region *r, int entry, unsigned char uuid[16]);
+
 /* The entry of a UUID if registered, else -1. */
 int vgpu_region_find_device(const struct vgpu_region *r, const unsigned char uuid[16]);
 

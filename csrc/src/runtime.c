@@ -7,7 +7,9 @@
 #include "alloc_map.h"
 #include "hooks.h"
 #include "config.h"
+#include "limiter.h"
 #include "log.h"
+#include "monitor.h"
 #include "real_driver.h"
 
 struct vgpu_runtime vgpu_rt = {.region = {.fd = -1, .slot = -1}};
@@ -90,6 +92,8 @@ static void after_fork_in_child(void)
         vgpu_region_close(&vgpu_rt.region);
     vgpu_alloc_reset();
     vgpu_context_reset_after_fork();
+    vgpu_limiter_reset_after_fork();
+    vgpu_monitor_reset_after_fork();
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     g_init_lock = fresh;
     if (atomic_load(&vgpu_rt.state) == VGPU_STATE_READY)
@@ -145,6 +149,7 @@ CUresult vgpu_ready_slow(void)
     }
     VGPU_DEBUG("attached to %s as slot %d", cfg->region_path, vgpu_rt.region.slot);
     atomic_store(&vgpu_rt.state, VGPU_STATE_READY);
+    vgpu_monitor_start();
 out:
     pthread_mutex_unlock(&g_init_lock);
     return result;

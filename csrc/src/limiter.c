@@ -1,0 +1,204 @@
+#include "limiter.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+
+#include "arbiter.h"
+#include "config.h"
+#include "log.h"
+#include "pacer.h"
+#include "real_driver.h"
+#include "runtime.h"
+
+struct device {
+    pthread_mutex_t lock; /* one launching thread at a time through the pacer */
+    struct vgpu_pacer pacer;
+    int capped;
+    CUevent marker; /* recorded behind a launch when the pacer asks */
+    int marker_broken;
+    _Atomic uint64_t busy_ns; /* the pacer's, readable by the statistics thread */
+};
+
+static struct device g_device[VGPU_MAX_DEVICES];
+static _Atomic int g_configured[VGPU_MAX_DEVICES];
+static pthread_mutex_t g_configure_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint64_t g_launches[VGPU_MAX_DEVICES];
+static _Atomic int g_single_entry = -1; /* the only device with a context here, or -1 */
+static _Atomic unsigned g_active_mask;
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void vgpu_limiter_device_active(int entry)
+{
+    unsigned mask = atomic_fetch_or(&g_active_mask, 1u << entry) | (1u << entry);
+    atomic_store(&g_single_entry, (mask & (mask - 1)) == 0 ? entry : -1);
+}
+
+uint64_t vgpu_limiter_launches(int entry) { return atomic_load_explicit(&g_launches[entry], memory_order_relaxed); }
+uint64_t vgpu_limiter_busy_ns(int entry) { return atomic_load_explicit(&g_device[entry].busy_ns, memory_order_relaxed); }
+int vgpu_limiter_capped(int entry) { return g_device[entry].capped; }
+
+void vgpu_limiter_reset_after_fork(void)
+{
+    /* The child holds no turn and has no events of its own. */
+    memset(g_device, 0, sizeof g_device);
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
+        atomic_store(&g_launches[i], 0);
+        atomic_store(&g_configured[i], 0);
+    }
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    g_configure_lock = fresh;
+    atomic_store(&g_single_entry, -1);
+    atomic_store(&g_active_mask, 0u);
+}
+
+/* The share this process has on a device: the slice's, narrowed by the
+ * process's own cap (a kernel's sub-slice). */
+static uint32_t share_of(int entry)
+{
+    struct vgpu_region *r = vgpu_rt.region.map;
+    uint32_t slice = atomic_load(&r->devices[entry].sm_limit);
+    uint32_t own = atomic_load(&r->procs[vgpu_rt.region.slot].sm_limit[entry]);
+    uint32_t share = slice && own ? (slice < own ? slice : own) : (slice ? slice : own);
+    return vgpu_config()->policy == VGPU_POLICY_DISABLE || share >= 100 ? 0 : share;
+}
+
+static void configure(int entry)
+{
+    struct device *d = &g_device[entry];
+    uint32_t share = share_of(entry);
+    if (share == 0)
+        return;
+    if (!vgpu_real.cuCtxSynchronize || !vgpu_real.cuEventSynchronize) {
+        vgpu_fail("the CUDA driver lacks cuCtxSynchronize or cuEventSynchronize, which the compute share needs");
+        return;
+    }
+    char err[512];
+    int fd;
+    unsigned char uuid[16];
+    struct vgpu_arbiter *arb;
+    vgpu_region_device_uuid(vgpu_rt.region.map, entry, uuid);
+    if (vgpu_arbiter_open(vgpu_config()->arbiter_dir, uuid, &arb, &fd, err, sizeof err) != 0) {
+        vgpu_fail(err);
+        return;
+    }
+    int me = vgpu_arbiter_join(arb, fd, share, mono_ns());
+    if (me < 0) {
+        vgpu_fail("the GPU arbiter has no free tenant slot");
+        return;
+    }
+    int force = vgpu_config()->policy == VGPU_POLICY_FORCE;
+    vgpu_pacer_init(&d->pacer, share, force, arb, me);
+    pthread_mutex_init(&d->lock, NULL);
+    d->capped = 1;
+    VGPU_DEBUG("compute share %u%% (%s) on device entry %d, quantum %llu us", share, force ? "force" : "default",
+               entry, (unsigned long long)(d->pacer.quantum / 1000u));
+}
+
+static struct device *device_of(int entry)
+{
+    if (!atomic_load_explicit(&g_configured[entry], memory_order_acquire)) {
+        pthread_mutex_lock(&g_configure_lock);
+        if (!atomic_load(&g_configured[entry])) {
+            configure(entry);
+            atomic_store_explicit(&g_configured[entry], 1, memory_order_release);
+        }
+        pthread_mutex_unlock(&g_configure_lock);
+    }
+    return &g_device[entry];
+}
+
+/* Carries out the pacer's decisions until it says go. */
+static void gate(struct device *d)
+{
+    struct vgpu_pacer *p = &d->pacer;
+    for (;;) {
+        uint64_t now = mono_ns();
+        struct vgpu_pacer_decision next = vgpu_pacer_before_launch(p, now);
+        switch (next.action) {
+        case VGPU_PACE_GO:
+            atomic_store_explicit(&d->busy_ns, p->busy_ns, memory_order_relaxed);
+            return;
+        case VGPU_PACE_SLEEP:
+            if (next.until <= now + 100000u) {
+                sched_yield(); /* a turn is about to change hands */
+            } else {
+                struct timespec ts = {(time_t)(next.until / 1000000000u), (long)(next.until % 1000000000u)};
+                clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+            }
+            break;
+        case VGPU_PACE_DRAIN:
+            vgpu_real.cuCtxSynchronize();
+            vgpu_pacer_drained(p, mono_ns());
+            atomic_store_explicit(&d->busy_ns, p->busy_ns, memory_order_relaxed);
+            break;
+        case VGPU_PACE_WAIT_MARKER:
+            vgpu_real.cuEventSynchronize(d->marker);
+            vgpu_pacer_marker_done(p, mono_ns());
+            break;
+        }
+    }
+}
+
+static int capturing(CUstream stream, int per_thread)
+{
+    cu_fn_cuStreamIsCapturing query = per_thread ? vgpu_real.cuStreamIsCapturing_ptsz : vgpu_real.cuStreamIsCapturing;
+    CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+    return query && query(stream, &status) == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+static void record_marker(struct device *d, CUstream stream, int per_thread)
+{
+    if (d->marker_broken || !vgpu_pacer_want_marker(&d->pacer))
+        return;
+    if (!d->marker && (!vgpu_real.cuEventCreate ||
+                      vgpu_real.cuEventCreate(&d->marker, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS)) {
+        d->marker = NULL;
+        d->marker_broken = 1;
+        VGPU_WARN("cannot create a CUDA event: turns will be bounded by time only");
+        return;
+    }
+    cu_fn_cuEventRecord record = per_thread ? vgpu_real.cuEventRecord_ptsz : vgpu_real.cuEventRecord;
+    if (record && record(d->marker, stream) == CUDA_SUCCESS)
+        vgpu_pacer_marker_recorded(&d->pacer);
+}
+
+CUresult vgpu_launch_enter(CUstream stream, int per_thread, struct vgpu_launch *l)
+{
+    CUresult r = vgpu_ready();
+    if (r != CUDA_SUCCESS)
+        return r;
+    l->paced = 0;
+    l->entry = atomic_load_explicit(&g_single_entry, memory_order_relaxed);
+    if (l->entry < 0 && vgpu_current_entry(&l->entry) != CUDA_SUCCESS) {
+        l->entry = -1;
+        return CUDA_SUCCESS; /* no context: the driver will say so */
+    }
+    atomic_fetch_add_explicit(&g_launches[l->entry], 1, memory_order_relaxed);
+    struct device *d = device_of(l->entry);
+    /* A launch into a capturing stream only records into a graph: it is
+     * paced when the graph is launched. */
+    if (!d->capped || capturing(stream, per_thread))
+        return CUDA_SUCCESS;
+    pthread_mutex_lock(&d->lock);
+    gate(d);
+    l->paced = 1;
+    return CUDA_SUCCESS;
+}
+
+void vgpu_launch_exit(const struct vgpu_launch *l, CUstream stream, int per_thread, CUresult r)
+{
+    if (!l->paced)
+        return;
+    struct device *d = &g_device[l->entry];
+    if (r == CUDA_SUCCESS)
+        record_marker(d, stream, per_thread);
+    pthread_mutex_unlock(&d->lock);
+}

@@ -1,0 +1,68 @@
+#include "monitor.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+#include "limiter.h"
+#include "log.h"
+#include "runtime.h"
+
+#define PERIOD_NS 500000000ull
+
+static int g_started;
+
+static uint64_t clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void *run(void *arg)
+{
+    (void)arg;
+    uint64_t last_busy[VGPU_MAX_DEVICES] = {0};
+    uint64_t last = clock_ns(CLOCK_MONOTONIC);
+    for (;;) {
+        struct timespec pause = {0, (long)PERIOD_NS};
+        nanosleep(&pause, NULL);
+        if (!vgpu_is_ready())
+            continue;
+        struct vgpu_proc *me = &vgpu_rt.region.map->procs[vgpu_rt.region.slot];
+        uint64_t now = clock_ns(CLOCK_MONOTONIC);
+        uint64_t elapsed = now > last ? now - last : 1;
+        for (int e = 0; e < VGPU_MAX_DEVICES; e++) {
+            atomic_store_explicit(&me->launches[e], vgpu_limiter_launches(e), memory_order_relaxed);
+            uint64_t busy = vgpu_limiter_busy_ns(e);
+            uint64_t share = (busy - last_busy[e]) * 10000u / elapsed;
+            atomic_store_explicit(&me->sm_share[e], (uint32_t)(share > 10000 ? 10000 : share), memory_order_relaxed);
+            last_busy[e] = busy;
+        }
+        atomic_store_explicit(&me->updated_ns, clock_ns(CLOCK_REALTIME), memory_order_release);
+        last = now;
+    }
+    return NULL;
+}
+
+void vgpu_monitor_start(void)
+{
+    if (g_started)
+        return;
+    g_started = 1;
+    /* Signals are the program's business: this thread takes none. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    if (pthread_create(&thread, &attr, run, NULL) != 0)
+        VGPU_WARN("cannot start the statistics thread; usage in the region will not be refreshed");
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+void vgpu_monitor_reset_after_fork(void) { g_started = 0; }

@@ -1,0 +1,135 @@
+#include "pacer.h"
+
+#include "arbiter.h"
+
+#define MS 1000000ull
+#define US 1000ull
+
+void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, struct vgpu_arbiter *arb, int me)
+{
+    *p = (struct vgpu_pacer){0};
+    p->share = share;
+    p->force = force;
+    p->arb = arb;
+    p->me = me;
+    /* Force: a 20 ms period of which the share is the turn, so that even 10%
+     * is 25 turns in half a second. Default: 10 ms turns. */
+    p->quantum = force ? 20 * MS * share / 100 : 10 * MS;
+    if (p->quantum < MS)
+        p->quantum = MS;
+    p->poll = 20 * US;
+    p->marker = 1;
+    p->marker_is_probe = 1;
+}
+
+/* Force: credit accrues at the share, capped at a quantum so that idle time
+ * is never banked. */
+static void accrue(struct vgpu_pacer *p, uint64_t now)
+{
+    if (now > p->credit_at)
+        p->credit += (int64_t)((now - p->credit_at) * p->share / 100u);
+    if (p->credit > (int64_t)p->quantum)
+        p->credit = (int64_t)p->quantum;
+    p->credit_at = now > p->credit_at ? now : p->credit_at;
+}
+
+static void charge(struct vgpu_pacer *p, uint64_t used, uint64_t now)
+{
+    vgpu_arbiter_charge(p->arb, p->me, used, now);
+    p->busy_ns += used;
+}
+
+static void end_turn(struct vgpu_pacer *p, uint64_t end)
+{
+    uint64_t used = end > p->turn_start ? end - p->turn_start : 0;
+    charge(p, used, end);
+    vgpu_arbiter_release(p->arb, p->me);
+    p->holding = 0;
+    if (p->force) {
+        accrue(p, end);
+        p->credit -= (int64_t)used;
+    }
+}
+
+static void start_turn(struct vgpu_pacer *p, uint64_t now)
+{
+    p->turn_start = now;
+    p->deadline = now + p->quantum;
+    p->turn_launches = 0;
+    p->turn_work = 0;
+}
+
+struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64_t now)
+{
+    if (p->marker == 2 && p->marker_is_probe)
+        return (struct vgpu_pacer_decision){VGPU_PACE_WAIT_MARKER, 0};
+    if (p->holding && !vgpu_arbiter_holds(p->arb, p->me))
+        end_turn(p, p->last_launch); /* displaced while idle: charged up to its last launch */
+    if (p->holding && (now >= p->deadline || (p->per_launch && p->turn_work >= p->quantum))) {
+        if (p->force || vgpu_arbiter_contended(p->arb, p->me, now))
+            return (struct vgpu_pacer_decision){VGPU_PACE_DRAIN, 0};
+        /* Nobody waits: the turn goes on, and is paid for as it goes; but
+         * first the previous quantum's work must be done, or a lone process
+         * could queue far more than the next one should wait for. */
+        if (p->marker == 2)
+            return (struct vgpu_pacer_decision){VGPU_PACE_WAIT_MARKER, 0};
+        if (p->marker == 0) {
+            p->marker = 1;
+            p->marker_is_probe = 0;
+        }
+        charge(p, now - p->turn_start, now);
+        start_turn(p, now);
+        vgpu_arbiter_extend(p->arb, p->me, now, p->quantum);
+    }
+    if (!p->holding) {
+        if (p->force) {
+            accrue(p, now);
+            if (p->credit < 0)
+                return (struct vgpu_pacer_decision){VGPU_PACE_SLEEP,
+                                                    now + (uint64_t)(-p->credit) * 100u / p->share + 1};
+        }
+        if (!vgpu_arbiter_try_acquire(p->arb, p->me, now, p->quantum, p->quantum)) {
+            /* Someone else's turn: no point asking again before it is nearly up. */
+            uint64_t due = atomic_load(&p->arb->deadline_ns);
+            uint64_t until = due > now + 300 * US ? due - 200 * US : now + p->poll;
+            return (struct vgpu_pacer_decision){VGPU_PACE_SLEEP, until};
+        }
+        p->holding = 1;
+        p->turns++;
+        start_turn(p, now);
+    }
+    p->turn_launches++;
+    p->turn_work += p->per_launch;
+    p->last_launch = now;
+    if (p->marker == 1)
+        p->marker_at = now;
+    if (now - p->last_note > 200 * US) {
+        vgpu_arbiter_note_launch(p->arb, now);
+        p->last_note = now;
+    }
+    return (struct vgpu_pacer_decision){VGPU_PACE_GO, 0};
+}
+
+void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end)
+{
+    if (p->marker == 2 && !p->marker_is_probe)
+        p->marker = 0; /* everything is done, that marker too */
+    /* What one launch costs the GPU, learnt from this turn. */
+    if (p->turn_launches > 0 && end > p->turn_start) {
+        uint64_t per = (end - p->turn_start) / p->turn_launches;
+        p->per_launch = p->per_launch ? (p->per_launch + per) / 2 : per;
+    }
+    end_turn(p, end);
+}
+
+int vgpu_pacer_want_marker(const struct vgpu_pacer *p) { return p->marker == 1; }
+
+void vgpu_pacer_marker_recorded(struct vgpu_pacer *p) { p->marker = 2; }
+
+void vgpu_pacer_marker_done(struct vgpu_pacer *p, uint64_t now)
+{
+    if (p->marker_is_probe && !p->per_launch)
+        p->per_launch = now > p->marker_at ? now - p->marker_at : 1;
+    p->marker = 0;
+    p->marker_is_probe = 0;
+}

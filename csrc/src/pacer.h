@@ -1,0 +1,82 @@
+/*
+ * The compute share's decisions, as a state machine with no side effects:
+ * it is told the time and what happened, and answers what to do next. The
+ * limiter (limiter.c) carries the answers out with the real clock and driver;
+ * tests carry them out with a simulated clock and GPU (csrc/tests/test_pacing.c).
+ *
+ * Per process and GPU:
+ * - Launches go only during a turn, taken from the GPU's arbiter (arbiter.h).
+ * - A turn lasts a quantum of host time, or of estimated GPU work, whichever
+ *   is used up first. The estimate matters because launches are
+ *   asynchronous: in a millisecond a program can queue a hundred large
+ *   matrix products, and a turn bounded by host time alone would run on long
+ *   after its end. The GPU time per launch is learnt from every drained turn
+ *   (its length over its launches); before the first, one launch is timed
+ *   alone (a probe).
+ * - When a turn is up: under `default`, if nobody waits, it simply goes on
+ *   (work-conserving), the process waiting first for the work of the
+ *   previous quantum so that it never has much more than a quantum queued;
+ *   otherwise the process drains its work from the GPU, is charged the
+ *   turn's real length, and gives the GPU up.
+ * - Under `force` the share is a token bucket: credit accrues at s% of wall
+ *   time, at most one quantum of it (nothing is banked), and starts empty
+ *   (no start-up credit); a turn may start when the credit is not negative
+ *   and spends its length. Alone that is a turn of L then L*(100-s)/s idle;
+ *   beside others, time spent waiting for a turn counts as idle.
+ */
+#ifndef VGPU_PACER_H
+#define VGPU_PACER_H
+
+#include <stdint.h>
+
+#include "vgpu_arbiter.h"
+
+enum vgpu_pace {
+    VGPU_PACE_GO,          /* launch now */
+    VGPU_PACE_SLEEP,       /* wait until `until`, then ask again */
+    VGPU_PACE_DRAIN,       /* wait for all of this process's GPU work, then vgpu_pacer_drained() */
+    VGPU_PACE_WAIT_MARKER, /* wait for the marker recorded last, then vgpu_pacer_marker_done() */
+};
+
+struct vgpu_pacer_decision {
+    enum vgpu_pace action;
+    uint64_t until;
+};
+
+struct vgpu_pacer {
+    uint32_t share; /* percent, 1..99 */
+    int force;
+    uint64_t quantum, poll;
+    struct vgpu_arbiter *arb;
+    int me;
+    int holding;
+    uint64_t turn_start, deadline, last_launch, last_note;
+    uint64_t turn_launches, turn_work; /* launches in this turn, and their estimated GPU time */
+    uint64_t per_launch;               /* estimated GPU time of one launch; 0 = not yet known */
+    int marker;                        /* 1 = record one after the next launch; 2 = one is out */
+    int marker_is_probe;               /* it times one launch (else it ends a quantum) */
+    uint64_t marker_at;
+    int64_t credit;                    /* force: GPU time this process may still use */
+    uint64_t credit_at;
+    uint64_t busy_ns; /* all turns so far */
+    uint64_t turns;
+};
+
+/* Sets the pacer up for a share (percent, 1..99) on an arbiter tenant. */
+void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, struct vgpu_arbiter *arb, int me);
+
+/* What to do before a launch at `now`. Repeat until VGPU_PACE_GO. */
+struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64_t now);
+
+/* The drain asked for finished at `end`. */
+void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end);
+
+/* After a launch: 1 if a marker should be recorded behind it (then call
+ * vgpu_pacer_marker_recorded, or nothing if recording failed). */
+int vgpu_pacer_want_marker(const struct vgpu_pacer *p);
+void vgpu_pacer_marker_recorded(struct vgpu_pacer *p);
+
+/* The marker recorded last has completed; `now` is when that was seen. */
+void vgpu_pacer_marker_done(struct vgpu_pacer *p, uint64_t now);
+
+#endif

@@ -1,0 +1,353 @@
+/*
+ * The compute share's logic (pacer.c + arbiter.c) under a simulated clock and
+ * a simulated GPU: deterministic, and minutes of GPU time in a fraction of a
+ * second.
+ *
+ * The simulated GPU runs submitted work in order (exclusive turns make that
+ * the right model: one tenant's work at a time). Each tenant runs a workload
+ * shape through its own pacer, exactly as the limiter does: ask before each
+ * launch, carry out the answer (sleep, drain, wait for a marker), launch,
+ * maybe record a marker. Shares are GPU time received relative to the same
+ * workload running alone and unpaced.
+ *
+ *   test_pacing CASE     (cases listed by running it without arguments)
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arbiter.h"
+#include "check.h"
+#include "pacer.h"
+
+#define US 1000ull
+#define MS (1000ull * US)
+#define SEC (1000ull * MS)
+#define WINDOW (500 * MS)
+#define MAX_WINDOWS 512
+/* Launches a program can have pending before the driver blocks it, as CUDA does. */
+#define QUEUE 1024
+
+struct shape {
+    const char *name;
+    uint64_t kernel;  /* GPU time of one launch */
+    uint64_t gap;     /* CPU time between launches */
+    int sync_each;    /* wait for each launch to finish (launch-then-synchronize loop) */
+};
+
+static const struct shape MATMUL = {"large matmuls", 1400 * US, 8 * US, 0};
+static const struct shape SMALL = {"many small kernels", 20 * US, 4 * US, 0};
+static const struct shape SYNC = {"launch then synchronize", 500 * US, 30 * US, 1};
+static const struct shape GRAPH = {"graph launches", 2300 * US, 10 * US, 0};
+static const struct shape COOP = {"cooperative launches", 900 * US, 6 * US, 0};
+
+enum phase { RUNNING, DRAINING, WAITING_MARKER, STOPPED };
+
+struct tenant {
+    struct shape shape;
+    int paced;
+    struct vgpu_pacer pacer;
+    enum phase phase;
+    uint64_t at;          /* when it acts next */
+    uint64_t last_end;    /* completion of its latest launch */
+    uint64_t marker_end;
+    uint64_t queue_end[QUEUE]; /* completions of the latest QUEUE launches */
+    uint64_t launches;
+    uint64_t start, stop; /* active between these */
+    double window_busy[MAX_WINDOWS];
+    double busy;
+};
+
+static uint64_t g_gpu_free;
+
+/* Credits [from, to) of GPU time to a tenant's windows. */
+static void credit(struct tenant *t, uint64_t from, uint64_t to)
+{
+    t->busy += (double)(to - from);
+    while (from < to) {
+        uint64_t w = from / WINDOW, edge = (w + 1) * WINDOW;
+        uint64_t until = to < edge ? to : edge;
+        if (w < MAX_WINDOWS)
+            t->window_busy[w] += (double)(until - from);
+        from = until;
+    }
+}
+
+static void launch(struct tenant *t, uint64_t now)
+{
+    uint64_t begin = now > g_gpu_free ? now : g_gpu_free;
+    uint64_t end = begin + t->shape.kernel;
+    credit(t, begin, end);
+    g_gpu_free = end;
+    t->last_end = end;
+    if (t->paced && vgpu_pacer_want_marker(&t->pacer)) {
+        t->marker_end = end;
+        vgpu_pacer_marker_recorded(&t->pacer);
+    }
+    /* The next launch: after the CPU gap, after this one finishes if the
+     * program synchronizes, and never with more than QUEUE pending. */
+    uint64_t oldest = t->queue_end[t->launches % QUEUE];
+    t->queue_end[t->launches % QUEUE] = end;
+    t->launches++;
+    uint64_t next = t->shape.sync_each ? end + t->shape.gap : now + t->shape.gap;
+    t->at = next > oldest ? next : oldest;
+}
+
+static void step(struct tenant *t)
+{
+    uint64_t now = t->at;
+    if (now >= t->stop) {
+        t->phase = STOPPED;
+        return;
+    }
+    if (t->phase == DRAINING) {
+        vgpu_pacer_drained(&t->pacer, now);
+        t->phase = RUNNING;
+    } else if (t->phase == WAITING_MARKER) {
+        vgpu_pacer_marker_done(&t->pacer, now);
+        t->phase = RUNNING;
+    }
+    if (!t->paced) {
+        launch(t, now);
+        return;
+    }
+    struct vgpu_pacer_decision d = vgpu_pacer_before_launch(&t->pacer, now);
+    switch (d.action) {
+    case VGPU_PACE_GO:
+        launch(t, now);
+        break;
+    case VGPU_PACE_SLEEP:
+        CHECK(d.until > now, "a sleep must move time forward");
+        t->at = d.until;
+        break;
+    case VGPU_PACE_DRAIN:
+        t->phase = DRAINING;
+        t->at = t->last_end > now ? t->last_end : now;
+        break;
+    case VGPU_PACE_WAIT_MARKER:
+        t->phase = WAITING_MARKER;
+        t->at = t->marker_end > now ? t->marker_end : now;
+        break;
+    }
+}
+
+/* Runs tenants until all have stopped. */
+static void simulate(struct tenant *t, int n)
+{
+    for (;;) {
+        int next = -1;
+        for (int i = 0; i < n; i++)
+            if (t[i].phase != STOPPED && (next < 0 || t[i].at < t[next].at))
+                next = i;
+        if (next < 0)
+            return;
+        step(&t[next]);
+    }
+}
+
+static struct vgpu_arbiter *fresh_arbiter(void)
+{
+    static struct vgpu_arbiter a;
+    vgpu_arbiter_format(&a, 1);
+    g_gpu_free = 0;
+    return &a;
+}
+
+static void setup(struct tenant *t, struct vgpu_arbiter *a, struct shape shape, uint32_t share, int force,
+                  uint64_t start, uint64_t stop)
+{
+    memset(t, 0, sizeof *t);
+    t->shape = shape;
+    t->start = t->at = start;
+    t->stop = stop;
+    t->paced = share > 0;
+    if (t->paced) {
+        int me = vgpu_arbiter_join(a, -1, share, start);
+        CHECK(me >= 0, "no tenant slot");
+        vgpu_pacer_init(&t->pacer, share, force, a, me);
+    }
+}
+
+static double share_over(const struct tenant *t, uint64_t from, uint64_t to, double native)
+{
+    double busy = 0;
+    for (uint64_t w = from / WINDOW; w < to / WINDOW && w < MAX_WINDOWS; w++)
+        busy += t->window_busy[w];
+    return 100.0 * busy / ((double)(to - from) * native);
+}
+
+/* GPU time per second the shape gets alone, unpaced. */
+static double native_rate(struct shape shape)
+{
+    struct tenant t;
+    setup(&t, fresh_arbiter(), shape, 0, 0, 0, 20 * SEC);
+    simulate(&t, 1);
+    return share_over(&t, 0, 20 * SEC, 1.0) / 100.0;
+}
+
+/* Coefficient of variation of per-window GPU time, first window excluded. */
+static double cv(const struct tenant *t, uint64_t to)
+{
+    uint64_t n = to / WINDOW - 1;
+    double mean = 0, var = 0;
+    for (uint64_t w = 1; w <= n; w++)
+        mean += t->window_busy[w] / (double)n;
+    for (uint64_t w = 1; w <= n; w++)
+        var += (t->window_busy[w] - mean) * (t->window_busy[w] - mean) / (double)n;
+    return sqrt(var) / mean;
+}
+
+/* ---- cases ------------------------------------------------------------------ */
+
+/* Alone under force, each cap holds from the first second to the last, with
+ * every workload shape, and steadily over half-second windows. */
+static void case_force_alone(void)
+{
+    const struct shape shapes[] = {MATMUL, SMALL, SYNC, GRAPH, COOP};
+    const uint32_t caps[] = {10, 30, 50, 70};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        double native = native_rate(shapes[s]);
+        for (size_t c = 0; c < sizeof caps / sizeof caps[0]; c++) {
+            uint64_t run = shapes[s].kernel < 100 * US ? 60 * SEC : 200 * SEC;
+            struct tenant t;
+            setup(&t, fresh_arbiter(), shapes[s], caps[c], 1, 0, run);
+            simulate(&t, 1);
+            double first = share_over(&t, 0, 10 * SEC, native);
+            double whole = share_over(&t, 0, run, native);
+            double first_second = share_over(&t, 0, SEC, native);
+            double var = cv(&t, run);
+            printf("force %u%% %-24s first 10 s %5.2f%%  whole %5.2f%%  first 1 s %5.2f%%  cv %.3f\n", caps[c],
+                   shapes[s].name, first, whole, first_second, var);
+            CHECK(fabs(first - caps[c]) <= 1.0, "first 10 s: %.2f%% for a %u%% cap", first, caps[c]);
+            CHECK(fabs(whole - caps[c]) <= 1.0, "whole run: %.2f%% for a %u%% cap", whole, caps[c]);
+            CHECK(fabs(first_second - caps[c]) <= 2.0, "no start-up credit: first second %.2f%%", first_second);
+            CHECK(var <= 0.05, "half-second windows vary by %.3f of their mean", var);
+        }
+    }
+}
+
+/* Two busy tenants at 30 and 70 under the default policy split the GPU 30/70,
+ * whatever their workload shapes. */
+static void case_two_tenants(void)
+{
+    const struct shape pairs[][2] = {{MATMUL, MATMUL}, {SMALL, MATMUL}, {SYNC, SMALL}, {GRAPH, COOP}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        struct vgpu_arbiter *a = fresh_arbiter();
+        struct tenant t[2];
+        setup(&t[0], a, pairs[i][0], 30, 0, 0, 60 * SEC);
+        setup(&t[1], a, pairs[i][1], 70, 0, 0, 60 * SEC);
+        simulate(t, 2);
+        double s0 = share_over(&t[0], 0, 60 * SEC, 1.0), s1 = share_over(&t[1], 0, 60 * SEC, 1.0);
+        printf("default 30/70 %s + %s: %.2f%% / %.2f%% (GPU busy %.2f%%)\n", pairs[i][0].name, pairs[i][1].name,
+               s0, s1, s0 + s1);
+        CHECK(fabs(s0 - 30) <= 2.0 && fabs(s1 - 70) <= 2.0, "shares %.2f / %.2f", s0, s1);
+    }
+}
+
+/* Four busy tenants at 25%: each gets a quarter, and together they keep the
+ * GPU nearly as busy as one tenant alone. */
+static void case_four_tenants(void)
+{
+    struct vgpu_arbiter *a = fresh_arbiter();
+    struct tenant t[4];
+    for (int i = 0; i < 4; i++)
+        setup(&t[i], a, MATMUL, 25, 0, 0, 60 * SEC);
+    simulate(t, 4);
+    double native = native_rate(MATMUL), all = 0;
+    for (int i = 0; i < 4; i++) {
+        double s = share_over(&t[i], 0, 60 * SEC, native);
+        all += s;
+        printf("tenant %d: %.2f%%\n", i, s);
+        CHECK(fabs(s - 25) <= 2.0, "tenant %d got %.2f%%", i, s);
+    }
+    printf("aggregate %.2f%% of one tenant alone\n", all);
+    CHECK(all >= 97.0, "aggregate %.2f%%", all);
+}
+
+/* Under the default policy a tenant alone borrows the whole GPU. */
+static void case_default_alone_borrows(void)
+{
+    struct tenant t;
+    setup(&t, fresh_arbiter(), MATMUL, 30, 0, 0, 20 * SEC);
+    simulate(&t, 1);
+    double s = share_over(&t, 0, 20 * SEC, native_rate(MATMUL));
+    printf("default 30%% alone: %.2f%%\n", s);
+    CHECK(s >= 99.0, "a lone default tenant got %.2f%%", s);
+}
+
+/* Idle time is not banked: a tenant that joins after the other has run alone
+ * for a while gets its share, not the whole GPU until it "catches up". */
+static void case_no_banked_credit(void)
+{
+    struct vgpu_arbiter *a = fresh_arbiter();
+    struct tenant t[2];
+    setup(&t[0], a, MATMUL, 50, 0, 0, 30 * SEC);
+    setup(&t[1], a, MATMUL, 50, 0, 10 * SEC, 30 * SEC);
+    simulate(t, 2);
+    double native = native_rate(MATMUL);
+    double early = share_over(&t[0], 0, 10 * SEC, native);
+    double s0 = share_over(&t[0], 11 * SEC, 30 * SEC, native), s1 = share_over(&t[1], 11 * SEC, 30 * SEC, native);
+    double newcomer_first = share_over(&t[1], 10 * SEC, 11 * SEC, native);
+    printf("alone %.2f%%, then %.2f%% / %.2f%%; the newcomer's first second %.2f%%\n", early, s0, s1,
+           newcomer_first);
+    CHECK(early >= 99.0, "alone at first: %.2f%%", early);
+    CHECK(fabs(s0 - 50) <= 2.0 && fabs(s1 - 50) <= 2.0, "then %.2f / %.2f", s0, s1);
+    CHECK(newcomer_first <= 60.0, "the newcomer took %.2f%% in its first second", newcomer_first);
+}
+
+/* A holder that stops launching (it died, or went to the CPU) is displaced
+ * once its quantum and a grace period are over. */
+static void case_silent_holder_is_displaced(void)
+{
+    struct vgpu_arbiter *a = fresh_arbiter();
+    struct tenant t[2];
+    setup(&t[0], a, MATMUL, 50, 0, 0, 20 * MS); /* takes the GPU, then goes silent */
+    setup(&t[1], a, MATMUL, 50, 0, 5 * MS, 10 * SEC);
+    simulate(t, 2);
+    double s = share_over(&t[1], SEC, 10 * SEC, native_rate(MATMUL));
+    printf("after the holder went silent: %.2f%%\n", s);
+    CHECK(s >= 99.0, "the remaining tenant got %.2f%%", s);
+}
+
+/* A force tenant stays at its cap beside a busy default tenant, which takes
+ * the rest. */
+static void case_force_beside_default(void)
+{
+    struct vgpu_arbiter *a = fresh_arbiter();
+    struct tenant t[2];
+    setup(&t[0], a, MATMUL, 20, 1, 0, 30 * SEC);
+    setup(&t[1], a, SMALL, 50, 0, 0, 30 * SEC);
+    simulate(t, 2);
+    double s0 = share_over(&t[0], 0, 30 * SEC, 1.0), s1 = share_over(&t[1], 0, 30 * SEC, 1.0);
+    printf("force 20%% %.2f%%, default 50%% %.2f%%\n", s0, s1);
+    CHECK(fabs(s0 - 20) <= 1.5, "the force tenant got %.2f%%", s0);
+    CHECK(s1 >= 75.0, "the default tenant should take the rest, got %.2f%%", s1);
+}
+
+static const struct test_case g_cases[] = {
+    {"force_alone", case_force_alone},
+    {"two_tenants", case_two_tenants},
+    {"four_tenants", case_four_tenants},
+    {"default_alone_borrows", case_default_alone_borrows},
+    {"no_banked_credit", case_no_banked_credit},
+    {"silent_holder_is_displaced", case_silent_holder_is_displaced},
+    {"force_beside_default", case_force_beside_default},
+};
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (size_t i = 0; argc == 2 && i < sizeof g_cases / sizeof g_cases[0]; i++) {
+        if (strcmp(argv[1], g_cases[i].name) == 0) {
+            g_cases[i].run();
+            printf("PASS %s\n", argv[1]);
+            return 0;
+        }
+    }
+    fprintf(stderr, "usage: %s CASE\ncases:", argv[0]);
+    for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+        fprintf(stderr, " %s", g_cases[i].name);
+    fputc('\n', stderr);
+    return 2;
+}
