@@ -136,7 +136,9 @@ int vgpu_arbiter_join(struct vgpu_arbiter *a, int fd, uint32_t share, uint64_t n
 static int live_waiter(const struct vgpu_arbiter_tenant *t, uint64_t now)
 {
     uint64_t seen = atomic_load(&t->seen_ns);
-    return atomic_load(&t->share) != 0 && atomic_load(&t->wanting) && now - seen < VGPU_ARBITER_WAITER_TTL_NS;
+    /* Another process read the clock after us: seen may be ahead of now. */
+    int fresh = seen >= now || now - seen < VGPU_ARBITER_WAITER_TTL_NS;
+    return atomic_load(&t->share) != 0 && atomic_load(&t->wanting) && fresh;
 }
 
 /* 1 if no live waiter comes before `me`: lower pass, or equal pass and index. */

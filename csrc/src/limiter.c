@@ -202,3 +202,19 @@ void vgpu_launch_exit(const struct vgpu_launch *l, CUstream stream, int per_thre
         record_marker(d, stream, per_thread);
     pthread_mutex_unlock(&d->lock);
 }
+
+/* At info level, what the pacer did: enough to see why a share came out as it did. */
+__attribute__((destructor)) static void report(void)
+{
+    if (!vgpu_log_enabled(VGPU_LOG_INFO))
+        return;
+    for (int e = 0; e < VGPU_MAX_DEVICES; e++) {
+        const struct vgpu_pacer *p = &g_device[e].pacer;
+        if (!g_device[e].capped)
+            continue;
+        VGPU_INFO("compute share %u%%: %llu turns, %.3f s in turns, %llu drains, %llu extensions, "
+                  "%llu displaced, %.1f us per launch",
+                  p->share, (unsigned long long)p->turns, (double)p->busy_ns / 1e9, (unsigned long long)p->drains,
+                  (unsigned long long)p->extensions, (unsigned long long)p->displaced, (double)p->per_launch / 1e3);
+    }
+}

@@ -63,8 +63,10 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
 {
     if (p->marker == 2 && p->marker_is_probe)
         return (struct vgpu_pacer_decision){VGPU_PACE_WAIT_MARKER, 0};
-    if (p->holding && !vgpu_arbiter_holds(p->arb, p->me))
+    if (p->holding && !vgpu_arbiter_holds(p->arb, p->me)) {
+        p->displaced++;
         end_turn(p, p->last_launch); /* displaced while idle: charged up to its last launch */
+    }
     if (p->holding && (now >= p->deadline || (p->per_launch && p->turn_work >= p->quantum))) {
         if (p->force || vgpu_arbiter_contended(p->arb, p->me, now))
             return (struct vgpu_pacer_decision){VGPU_PACE_DRAIN, 0};
@@ -80,6 +82,7 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
         charge(p, now - p->turn_start, now);
         start_turn(p, now);
         vgpu_arbiter_extend(p->arb, p->me, now, p->quantum);
+        p->extensions++;
     }
     if (!p->holding) {
         if (p->force) {
@@ -112,6 +115,7 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
 
 void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end)
 {
+    p->drains++;
     if (p->marker == 2 && !p->marker_is_probe)
         p->marker = 0; /* everything is done, that marker too */
     /* What one launch costs the GPU, learnt from this turn. */

@@ -60,6 +60,7 @@ struct vgpu_pacer {
     uint64_t credit_at;
     uint64_t busy_ns; /* all turns so far */
     uint64_t turns;
+    uint64_t drains, displaced, extensions;
 };
 
 /* Sets the pacer up for a share (percent, 1..99) on an arbiter tenant. */

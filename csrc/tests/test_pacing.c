@@ -325,7 +325,24 @@ static void case_force_beside_default(void)
     CHECK(s1 >= 75.0, "the default tenant should take the rest, got %.2f%%", s1);
 }
 
+/* Processes read the clock at slightly different moments: a waiter whose
+ * last sign of life is stamped a little after the holder's "now" is waiting
+ * all the same, and so is first in line. */
+static void case_clock_order(void)
+{
+    struct vgpu_arbiter *a = fresh_arbiter();
+    int holder = vgpu_arbiter_join(a, -1, 30, 0), waiter = vgpu_arbiter_join(a, -1, 70, 0);
+    CHECK(vgpu_arbiter_try_acquire(a, holder, 1000, 10 * MS, 10 * MS), "the GPU was free");
+    CHECK(!vgpu_arbiter_try_acquire(a, waiter, 5 * MS + 3 * US, 10 * MS, 10 * MS), "the GPU is taken");
+    CHECK(vgpu_arbiter_contended(a, holder, 5 * MS), "a waiter stamped 3 us ahead must count");
+    vgpu_arbiter_charge(a, holder, 10 * MS, 10 * MS);
+    CHECK(vgpu_arbiter_release(a, holder), "release");
+    CHECK(!vgpu_arbiter_try_acquire(a, holder, 10 * MS, 10 * MS, 10 * MS), "the holder must not cut in line");
+    CHECK(vgpu_arbiter_try_acquire(a, waiter, 10 * MS + 20 * US, 10 * MS, 10 * MS), "the waiter goes next");
+}
+
 static const struct test_case g_cases[] = {
+    {"clock_order", case_clock_order},
     {"force_alone", case_force_alone},
     {"two_tenants", case_two_tenants},
     {"four_tenants", case_four_tenants},
