@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ACCESS, Runner
+from cbuild import ACCESS, Runner
 
 
 SLICE_1G = {"CUDA_DEVICE_MEMORY_LIMIT": "1g"}

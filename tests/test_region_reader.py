@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import Runner
+from cbuild import Runner
 from hami_kernel.region import (
     DeviceUsage,
     RegionError,
