@@ -1,5 +1,7 @@
 #include "arbiter.h"
 
+#include "checksum.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,13 +13,7 @@
 
 static uint64_t header_checksum(const struct vgpu_arbiter *a)
 {
-    const unsigned char *p = (const unsigned char *)a;
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < offsetof(struct vgpu_arbiter, checksum); i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
+    return vgpu_fnv1a(a, offsetof(struct vgpu_arbiter, checksum));
 }
 
 void vgpu_arbiter_format(struct vgpu_arbiter *a, uint64_t created_ns)

@@ -1,5 +1,7 @@
 #include "region.h"
 
+#include "checksum.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -18,15 +20,7 @@ static uint64_t now_ns(void)
 
 uint64_t vgpu_region_checksum(const struct vgpu_region_header *hdr)
 {
-    /* FNV-1a over the immutable fields, so a region overwritten by something
-     * else (or half written) is told apart from ours. */
-    const unsigned char *p = (const unsigned char *)hdr;
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < offsetof(struct vgpu_region_header, checksum); i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
+    return vgpu_fnv1a(hdr, offsetof(struct vgpu_region_header, checksum));
 }
 
 int vgpu_region_valid(const struct vgpu_region *r)

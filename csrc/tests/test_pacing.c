@@ -352,19 +352,4 @@ static const struct test_case g_cases[] = {
     {"force_beside_default", case_force_beside_default},
 };
 
-int main(int argc, char **argv)
-{
-    setvbuf(stdout, NULL, _IONBF, 0);
-    for (size_t i = 0; argc == 2 && i < sizeof g_cases / sizeof g_cases[0]; i++) {
-        if (strcmp(argv[1], g_cases[i].name) == 0) {
-            g_cases[i].run();
-            printf("PASS %s\n", argv[1]);
-            return 0;
-        }
-    }
-    fprintf(stderr, "usage: %s CASE\ncases:", argv[0]);
-    for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
-        fprintf(stderr, " %s", g_cases[i].name);
-    fputc('\n', stderr);
-    return 2;
-}
+int main(int argc, char **argv) { return run_case(argc, argv, g_cases, sizeof g_cases / sizeof g_cases[0]); }
