@@ -63,7 +63,7 @@ static void size_var(const char *name, uint64_t *out)
                       "unset it for no limit");
 }
 
-static void percent_var(const char *name, uint32_t *out)
+static void percent_var(const char *name, uint64_t *out)
 {
     const char *v = env(name);
     if (!v)
@@ -75,33 +75,29 @@ static void percent_var(const char *name, uint32_t *out)
         fail(name, v, "expected a whole percent from 0 to 100");
         return;
     }
-    *out = (n == 100) ? 0 : (uint32_t)n; /* 0 and 100 both mean no cap */
+    *out = (n == 100) ? 0 : (uint64_t)n; /* 0 and 100 both mean no cap */
 }
 
-/* Reads NAME and NAME_0 .. NAME_15: the bare name sets every device, an
- * indexed one overrides it for that CUDA ordinal. */
-static void per_device_sizes(const char *name, uint64_t out[VGPU_MAX_DEVICES])
+/* Reads NAME and NAME_0 .. NAME_15 with `read`: the bare name sets every
+ * device (else `all` stands), an indexed one overrides it for that CUDA ordinal. */
+static void per_device(const char *name, void (*read)(const char *, uint64_t *), uint64_t all,
+                       uint64_t out[VGPU_MAX_DEVICES])
 {
-    uint64_t all = out[0];
-    size_var(name, &all);
+    read(name, &all);
     for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
         char indexed[96];
         snprintf(indexed, sizeof indexed, "%s_%d", name, i);
         out[i] = all;
-        size_var(indexed, &out[i]);
+        read(indexed, &out[i]);
     }
 }
 
 static void per_device_percents(const char *name, uint32_t out[VGPU_MAX_DEVICES])
 {
-    uint32_t all = 0;
-    percent_var(name, &all);
-    for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
-        char indexed[96];
-        snprintf(indexed, sizeof indexed, "%s_%d", name, i);
-        out[i] = all;
-        percent_var(indexed, &out[i]);
-    }
+    uint64_t wide[VGPU_MAX_DEVICES];
+    per_device(name, percent_var, 0, wide);
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++)
+        out[i] = (uint32_t)wide[i];
 }
 
 void vgpu_config_load(void)
@@ -115,10 +111,8 @@ void vgpu_config_load(void)
         vgpu_log_set_level((*end || n < 0) ? VGPU_LOG_ERROR : (int)(n > 4 ? 4 : n));
     }
 
-    for (int i = 0; i < VGPU_MAX_DEVICES; i++)
-        g_config.memory_limit[i] = VGPU_UNLIMITED;
-    per_device_sizes("CUDA_DEVICE_MEMORY_LIMIT", g_config.memory_limit);
-    per_device_sizes("LIBVGPU_PROCESS_MEMORY_LIMIT", g_config.process_memory_limit);
+    per_device("CUDA_DEVICE_MEMORY_LIMIT", size_var, VGPU_UNLIMITED, g_config.memory_limit);
+    per_device("LIBVGPU_PROCESS_MEMORY_LIMIT", size_var, 0, g_config.process_memory_limit);
     per_device_percents("CUDA_DEVICE_SM_LIMIT", g_config.sm_limit);
     per_device_percents("LIBVGPU_PROCESS_SM_LIMIT", g_config.process_sm_limit);
     size_var("LIBVGPU_CONTEXT_SIZE", &g_config.context_size);
