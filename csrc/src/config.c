@@ -127,6 +127,25 @@ void vgpu_config_load(void)
     else
         fail("GPU_CORE_UTILIZATION_POLICY", policy, "expected default, force or disable");
 
+    g_config.share_period_ns = 20000000u;
+    const char *period = env("LIBVGPU_SHARE_PERIOD_MS");
+    if (period) {
+        char *end;
+        errno = 0;
+        long ms = strtol(period, &end, 10);
+        if (errno || *end || ms < 5 || ms > 1000)
+            fail("LIBVGPU_SHARE_PERIOD_MS", period, "expected whole milliseconds from 5 to 1000");
+        else
+            g_config.share_period_ns = (uint64_t)ms * 1000000u;
+    }
+
+    g_config.power_aware = 1;
+    const char *aware = env("LIBVGPU_POWER_AWARE");
+    if (aware && strcmp(aware, "0") != 0 && strcmp(aware, "1") != 0)
+        fail("LIBVGPU_POWER_AWARE", aware, "expected 1 (on, the default) or 0 (off)");
+    else if (aware)
+        g_config.power_aware = aware[0] == '1';
+
     const char *path = env("CUDA_DEVICE_MEMORY_SHARED_CACHE");
     if (path && strlen(path) >= sizeof g_config.region_path)
         fail("CUDA_DEVICE_MEMORY_SHARED_CACHE", path, "path too long");

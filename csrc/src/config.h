@@ -25,6 +25,8 @@ struct vgpu_config {
     uint32_t sm_limit[VGPU_MAX_DEVICES];             /* percent, 0 = none */
     uint32_t process_sm_limit[VGPU_MAX_DEVICES];     /* percent, 0 = none */
     int policy;
+    uint64_t share_period_ns; /* force: the period whose share% is a turn */
+    int power_aware;          /* force: charge turns for the power headroom they used (power.h) */
     uint64_t context_size; /* 0 = measure it */
     char region_path[4096];
     char arbiter_dir[4096];

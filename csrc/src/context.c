@@ -38,22 +38,12 @@ void vgpu_context_reset_after_fork(void)
     memset(g_primary_bytes, 0, sizeof g_primary_bytes);
 }
 
-static void uuid_string(const unsigned char u[16], char out[48])
-{
-    snprintf(out, 48, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-             u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
-}
-
 /* This process's real usage on a GPU according to NVML, or 0 if unknown. */
 static uint64_t nvml_process_usage(int ordinal)
 {
-    if (vgpu_real_nvml_load() != 0 || !vgpu_real.nvmlDeviceGetHandleByUUID ||
-        !vgpu_real.nvmlDeviceGetComputeRunningProcesses_v3 || vgpu_real.nvmlInit_v2() != NVML_SUCCESS)
-        return 0;
-    char uuid[48];
-    uuid_string(vgpu_rt.uuid_of_ordinal[ordinal], uuid);
     nvmlDevice_t dev;
-    if (vgpu_real.nvmlDeviceGetHandleByUUID(uuid, &dev) != NVML_SUCCESS)
+    if (vgpu_real_nvml_device(vgpu_rt.uuid_of_ordinal[ordinal], &dev) != 0 ||
+        !vgpu_real.nvmlDeviceGetComputeRunningProcesses_v3)
         return 0;
     nvmlProcessInfo_t infos[64];
     unsigned int count = 64;

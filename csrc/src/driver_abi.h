@@ -325,7 +325,11 @@ typedef struct nvmlProcessInfo_st {
       (device, uuid, length))                                                              \
     X(nvmlDeviceGetComputeRunningProcesses_v3,                                             \
       (nvmlDevice_t device, unsigned int *count, nvmlProcessInfo_t *infos),                \
-      (device, count, infos))
+      (device, count, infos))                                                              \
+    X(nvmlDeviceGetTotalEnergyConsumption, (nvmlDevice_t device, unsigned long long *mj),  \
+      (device, mj))                                                                        \
+    X(nvmlDeviceGetEnforcedPowerLimit, (nvmlDevice_t device, unsigned int *mw), (device, mw)) \
+    X(nvmlDeviceGetPowerUsage, (nvmlDevice_t device, unsigned int *mw), (device, mw))
 
 /* Function-pointer types, one per entry point: cu_fn_cuMemAlloc_v2 and so on. */
 #define VGPU_DECLARE_CU_TYPE(name, params, args) typedef CUresult(*cu_fn_##name) params;

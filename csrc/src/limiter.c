@@ -9,6 +9,7 @@
 #include "config.h"
 #include "log.h"
 #include "pacer.h"
+#include "power.h"
 #include "real_driver.h"
 #include "runtime.h"
 
@@ -19,6 +20,9 @@ struct device {
     CUevent marker; /* recorded behind a launch when the pacer asks */
     int marker_broken;
     _Atomic uint64_t busy_ns; /* the pacer's, readable by the statistics thread */
+    struct vgpu_power_meter power; /* force only; the statistics thread's after configure */
+    int power_aware;
+    _Atomic uint32_t charge_scale;
 };
 
 static struct device g_device[VGPU_MAX_DEVICES];
@@ -44,6 +48,16 @@ void vgpu_limiter_device_active(int entry)
 uint64_t vgpu_limiter_launches(int entry) { return atomic_load_explicit(&g_launches[entry], memory_order_relaxed); }
 uint64_t vgpu_limiter_busy_ns(int entry) { return atomic_load_explicit(&g_device[entry].busy_ns, memory_order_relaxed); }
 int vgpu_limiter_capped(int entry) { return g_device[entry].capped; }
+
+uint32_t vgpu_limiter_sample_power(int entry, uint64_t now_ns)
+{
+    struct device *d = &g_device[entry];
+    if (!atomic_load_explicit(&g_configured[entry], memory_order_acquire) || !d->power_aware)
+        return 0;
+    uint32_t scale = vgpu_power_meter_sample(&d->power, now_ns, vgpu_limiter_busy_ns(entry));
+    atomic_store_explicit(&d->charge_scale, scale, memory_order_relaxed);
+    return scale;
+}
 
 void vgpu_limiter_reset_after_fork(void)
 {
@@ -95,7 +109,11 @@ static void configure(int entry)
         return;
     }
     int force = vgpu_config()->policy == VGPU_POLICY_FORCE;
-    vgpu_pacer_init(&d->pacer, share, force, arb, me);
+    vgpu_pacer_init(&d->pacer, share, force, vgpu_config()->share_period_ns, arb, me);
+    if (force && vgpu_config()->power_aware) {
+        vgpu_power_meter_open(&d->power, uuid);
+        d->power_aware = d->power.usable;
+    }
     pthread_mutex_init(&d->lock, NULL);
     d->capped = 1;
     VGPU_DEBUG("compute share %u%% (%s) on device entry %d, quantum %llu us", share, force ? "force" : "default",
@@ -115,17 +133,35 @@ static struct device *device_of(int entry)
     return &g_device[entry];
 }
 
-/* Carries out the pacer's decisions until it says go. */
-static void gate(struct device *d)
+static int capturing(CUstream stream, int per_thread)
+{
+    cu_fn_cuStreamIsCapturing query = per_thread ? vgpu_real.cuStreamIsCapturing_ptsz : vgpu_real.cuStreamIsCapturing;
+    CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+    return query && query(stream, &status) == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+/* Carries out the pacer's decisions until it says go; returns 0 instead if
+ * the launch goes into a capturing stream. Such a launch only records into
+ * a graph (it is paced when the graph is launched), and draining or waiting
+ * now would break the capture. Asking the driver costs about as much as the
+ * rest of the launch path, so it is asked only when the pacer wants more
+ * than a go. */
+static int gate(struct device *d, CUstream stream, int per_thread)
 {
     struct vgpu_pacer *p = &d->pacer;
-    for (;;) {
+    vgpu_pacer_set_charge_scale(p, atomic_load_explicit(&d->charge_scale, memory_order_relaxed));
+    for (int asked = 0;;) {
         uint64_t now = mono_ns();
         struct vgpu_pacer_decision next = vgpu_pacer_before_launch(p, now);
+        if (next.action != VGPU_PACE_GO && !asked) {
+            asked = 1;
+            if (capturing(stream, per_thread))
+                return 0; /* the decision is abandoned: the pacer asks again at the next launch */
+        }
         switch (next.action) {
         case VGPU_PACE_GO:
             atomic_store_explicit(&d->busy_ns, p->busy_ns, memory_order_relaxed);
-            return;
+            return 1;
         case VGPU_PACE_SLEEP:
             if (next.until <= now + 100000u) {
                 sched_yield(); /* a turn is about to change hands */
@@ -147,16 +183,9 @@ static void gate(struct device *d)
     }
 }
 
-static int capturing(CUstream stream, int per_thread)
-{
-    cu_fn_cuStreamIsCapturing query = per_thread ? vgpu_real.cuStreamIsCapturing_ptsz : vgpu_real.cuStreamIsCapturing;
-    CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
-    return query && query(stream, &status) == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE;
-}
-
 static void record_marker(struct device *d, CUstream stream, int per_thread)
 {
-    if (d->marker_broken || !vgpu_pacer_want_marker(&d->pacer))
+    if (d->marker_broken || !vgpu_pacer_want_marker(&d->pacer) || capturing(stream, per_thread))
         return;
     if (!d->marker && (!vgpu_real.cuEventCreate ||
                       vgpu_real.cuEventCreate(&d->marker, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS)) {
@@ -183,13 +212,12 @@ CUresult vgpu_launch_enter(CUstream stream, int per_thread, struct vgpu_launch *
     }
     atomic_fetch_add_explicit(&g_launches[l->entry], 1, memory_order_relaxed);
     struct device *d = device_of(l->entry);
-    /* A launch into a capturing stream only records into a graph: it is
-     * paced when the graph is launched. */
-    if (!d->capped || capturing(stream, per_thread))
+    if (!d->capped)
         return CUDA_SUCCESS;
     pthread_mutex_lock(&d->lock);
-    gate(d);
-    l->paced = 1;
+    l->paced = gate(d, stream, per_thread);
+    if (!l->paced)
+        pthread_mutex_unlock(&d->lock);
     return CUDA_SUCCESS;
 }
 
@@ -213,8 +241,9 @@ __attribute__((destructor)) static void report(void)
         if (!g_device[e].capped)
             continue;
         VGPU_INFO("compute share %u%%: %llu turns, %.3f s in turns, %llu drains, %llu extensions, "
-                  "%llu displaced, %.1f us per launch",
+                  "%llu displaced, %.1f us per launch, charge scale %.3f",
                   p->share, (unsigned long long)p->turns, (double)p->busy_ns / 1e9, (unsigned long long)p->drains,
-                  (unsigned long long)p->extensions, (unsigned long long)p->displaced, (double)p->per_launch / 1e3);
+                  (unsigned long long)p->extensions, (unsigned long long)p->displaced, (double)p->per_launch / 1e3,
+                  p->charge_scale / 1024.0);
     }
 }

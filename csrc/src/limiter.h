@@ -33,6 +33,10 @@ uint64_t vgpu_limiter_launches(int entry);
 uint64_t vgpu_limiter_busy_ns(int entry);
 int vgpu_limiter_capped(int entry);
 
+/* The statistics thread's turn to measure power headroom (power.h) on a
+ * device; returns the charge scale it found (1024 = none, 0 = not known). */
+uint32_t vgpu_limiter_sample_power(int entry, uint64_t now_ns);
+
 void vgpu_limiter_reset_after_fork(void);
 
 #endif

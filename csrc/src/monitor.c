@@ -38,6 +38,7 @@ static void *run(void *arg)
             uint64_t share = (busy - last_busy[e]) * 10000u / elapsed;
             atomic_store_explicit(&me->sm_share[e], (uint32_t)(share > 10000 ? 10000 : share), memory_order_relaxed);
             last_busy[e] = busy;
+            vgpu_limiter_sample_power(e, now);
         }
         atomic_store_explicit(&me->updated_ns, clock_ns(CLOCK_REALTIME), memory_order_release);
         last = now;

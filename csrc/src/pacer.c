@@ -5,7 +5,8 @@
 #define MS 1000000ull
 #define US 1000ull
 
-void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, struct vgpu_arbiter *arb, int me)
+void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, uint64_t period, struct vgpu_arbiter *arb,
+                     int me)
 {
     *p = (struct vgpu_pacer){0};
     p->share = share;
@@ -14,12 +15,13 @@ void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, struct vgp
     p->me = me;
     /* Force: a 20 ms period of which the share is the turn, so that even 10%
      * is 25 turns in half a second. Default: 10 ms turns. */
-    p->quantum = force ? 20 * MS * share / 100 : 10 * MS;
+    p->quantum = force ? period * share / 100 : 10 * MS;
     if (p->quantum < MS)
         p->quantum = MS;
     p->poll = 20 * US;
     p->marker = 1;
     p->marker_is_probe = 1;
+    p->charge_scale = 1024;
 }
 
 /* Force: credit accrues at the share, capped at a quantum so that idle time
@@ -47,7 +49,9 @@ static void end_turn(struct vgpu_pacer *p, uint64_t end)
     p->holding = 0;
     if (p->force) {
         accrue(p, end);
-        p->credit -= (int64_t)used;
+        uint64_t repay = p->debt < used / 4 ? p->debt : used / 4;
+        p->debt -= repay;
+        p->credit -= (int64_t)(used * p->charge_scale / 1024u + repay);
     }
 }
 
@@ -124,6 +128,16 @@ void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end)
         p->per_launch = p->per_launch ? (p->per_launch + per) / 2 : per;
     }
     end_turn(p, end);
+}
+
+void vgpu_pacer_set_charge_scale(struct vgpu_pacer *p, uint32_t scale)
+{
+    if (scale == 0 || !p->force)
+        return;
+    if (!p->scale_known && scale > 1024)
+        p->debt = p->busy_ns * (scale - 1024u) / 1024u;
+    p->scale_known = 1;
+    p->charge_scale = scale;
 }
 
 int vgpu_pacer_want_marker(const struct vgpu_pacer *p) { return p->marker == 1; }

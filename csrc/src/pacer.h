@@ -21,7 +21,8 @@
  * - Under `force` the share is a token bucket: credit accrues at s% of wall
  *   time, at most one quantum of it (nothing is banked), and starts empty
  *   (no start-up credit); a turn may start when the credit is not negative
- *   and spends its length. Alone that is a turn of L then L*(100-s)/s idle;
+ *   and spends its length (scaled up by the power headroom it used, see
+ *   power.h). Alone that is a turn of L then L*(100-s)/s idle;
  *   beside others, time spent waiting for a turn counts as idle.
  */
 #ifndef VGPU_PACER_H
@@ -57,14 +58,25 @@ struct vgpu_pacer {
     int marker_is_probe;               /* it times one launch (else it ends a quantum) */
     uint64_t marker_at;
     int64_t credit;                    /* force: GPU time this process may still use */
+    uint32_t charge_scale;             /* force: a turn costs its length times this / 1024 (power.h) */
+    int scale_known;
+    uint64_t debt;                     /* force: charge owed for turns before the scale was known */
     uint64_t credit_at;
     uint64_t busy_ns; /* all turns so far */
     uint64_t turns;
     uint64_t drains, displaced, extensions;
 };
 
-/* Sets the pacer up for a share (percent, 1..99) on an arbiter tenant. */
-void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, struct vgpu_arbiter *arb, int me);
+/* Sets the pacer up for a share (percent, 1..99) on an arbiter tenant; under
+ * force a turn is the share of `period` (ns). */
+void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, uint64_t period, struct vgpu_arbiter *arb,
+                     int me);
+
+/* Force: from now on a turn costs its length times scale / 1024 (power.h);
+ * 0 = not known yet. The first scale known is also owed for the turns
+ * before it, so the share holds from the start; the debt is paid a quarter
+ * of a turn at a time, so no half second loses much. */
+void vgpu_pacer_set_charge_scale(struct vgpu_pacer *p, uint32_t scale);
 
 /* What to do before a launch at `now`. Repeat until VGPU_PACE_GO. */
 struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64_t now);

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdio.h>
 
 #include "log.h"
 
@@ -59,4 +60,14 @@ int vgpu_real_nvml_load(void)
 {
     pthread_once(&g_nvml_once, load_nvml);
     return g_nvml_ok ? 0 : -1;
+}
+
+int vgpu_real_nvml_device(const unsigned char u[16], nvmlDevice_t *dev)
+{
+    if (vgpu_real_nvml_load() != 0 || !vgpu_real.nvmlDeviceGetHandleByUUID || vgpu_real.nvmlInit_v2() != NVML_SUCCESS)
+        return -1;
+    char uuid[48];
+    snprintf(uuid, sizeof uuid, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+             u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+    return vgpu_real.nvmlDeviceGetHandleByUUID(uuid, dev) == NVML_SUCCESS ? 0 : -1;
 }

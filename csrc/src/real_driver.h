@@ -23,6 +23,10 @@ extern struct vgpu_real vgpu_real;
 int vgpu_real_cuda_load(void);
 int vgpu_real_nvml_load(void);
 
+/* NVML's handle of the GPU with this CUDA UUID; 0 on success, -1 when NVML
+ * is missing or does not know the GPU. */
+int vgpu_real_nvml_device(const unsigned char uuid[16], nvmlDevice_t *dev);
+
 /* libc's own dlsym, which the dlsym override forwards to. */
 void *vgpu_libc_dlsym(void *handle, const char *name);
 

@@ -20,6 +20,7 @@
 #include "arbiter.h"
 #include "check.h"
 #include "pacer.h"
+#include "power.h"
 
 #define US 1000ull
 #define MS (1000ull * US)
@@ -61,15 +62,30 @@ struct tenant {
 
 static uint64_t g_gpu_free;
 
-/* Credits [from, to) of GPU time to a tenant's windows. */
+/* A power-limited GPU (power.h): while it is not kept busy it runs work
+ * `boost` times faster than at full load, drawing `on_w` while busy and
+ * `idle_w` otherwise. Off (boost 1) unless a case turns it on. */
+static struct {
+    int on;
+    double boost, idle_w, on_w, limit_w;
+    double busy_real[MAX_WINDOWS]; /* the GPU's busy time per window */
+    uint64_t next_sample;
+    struct vgpu_power_sample ring[VGPU_POWER_SAMPLES];
+    int count;
+} g_power = {.boost = 1.0};
+
+/* Credits [from, to) of GPU time to a tenant's windows, as work done at
+ * full-load speed. */
 static void credit(struct tenant *t, uint64_t from, uint64_t to)
 {
-    t->busy += (double)(to - from);
+    t->busy += (double)(to - from) * g_power.boost;
     while (from < to) {
         uint64_t w = from / WINDOW, edge = (w + 1) * WINDOW;
         uint64_t until = to < edge ? to : edge;
-        if (w < MAX_WINDOWS)
-            t->window_busy[w] += (double)(until - from);
+        if (w < MAX_WINDOWS) {
+            t->window_busy[w] += (double)(until - from) * g_power.boost;
+            g_power.busy_real[w] += (double)(until - from);
+        }
         from = until;
     }
 }
@@ -77,7 +93,7 @@ static void credit(struct tenant *t, uint64_t from, uint64_t to)
 static void launch(struct tenant *t, uint64_t now)
 {
     uint64_t begin = now > g_gpu_free ? now : g_gpu_free;
-    uint64_t end = begin + t->shape.kernel;
+    uint64_t end = begin + (uint64_t)((double)t->shape.kernel / g_power.boost);
     credit(t, begin, end);
     g_gpu_free = end;
     t->last_end = end;
@@ -132,6 +148,26 @@ static void step(struct tenant *t)
     }
 }
 
+/* What the limiter's statistics thread does every half second, with the
+ * GPU's energy counter computed from the simulated GPU's busy time. Work
+ * is credited when it is issued, so at a window's edge every window before
+ * it is complete. */
+static void sample_power(struct tenant *t)
+{
+    uint64_t at = g_power.next_sample;
+    double busy = 0;
+    for (uint64_t w = 0; w < at / WINDOW && w < MAX_WINDOWS; w++)
+        busy += g_power.busy_real[w];
+    double energy_mj = (g_power.idle_w * (double)at + (g_power.on_w - g_power.idle_w) * busy) / 1e6;
+    int slot = g_power.count % VGPU_POWER_SAMPLES;
+    g_power.ring[slot] = (struct vgpu_power_sample){at, (uint64_t)energy_mj, t->pacer.busy_ns};
+    g_power.count++;
+    int oldest = g_power.count > VGPU_POWER_SAMPLES ? g_power.count % VGPU_POWER_SAMPLES : 0;
+    vgpu_pacer_set_charge_scale(&t->pacer, vgpu_power_window_scale(&g_power.ring[oldest], &g_power.ring[slot],
+                                                                   g_power.idle_w, g_power.limit_w));
+    g_power.next_sample += WINDOW;
+}
+
 /* Runs tenants until all have stopped. */
 static void simulate(struct tenant *t, int n)
 {
@@ -142,6 +178,8 @@ static void simulate(struct tenant *t, int n)
                 next = i;
         if (next < 0)
             return;
+        while (g_power.on && g_power.next_sample <= t[next].at)
+            sample_power(&t[0]);
         step(&t[next]);
     }
 }
@@ -151,6 +189,9 @@ static struct vgpu_arbiter *fresh_arbiter(void)
     static struct vgpu_arbiter a;
     vgpu_arbiter_format(&a, 1);
     g_gpu_free = 0;
+    memset(g_power.busy_real, 0, sizeof g_power.busy_real);
+    g_power.count = 0;
+    g_power.next_sample = WINDOW;
     return &a;
 }
 
@@ -165,7 +206,7 @@ static void setup(struct tenant *t, struct vgpu_arbiter *a, struct shape shape, 
     if (t->paced) {
         int me = vgpu_arbiter_join(a, -1, share, start);
         CHECK(me >= 0, "no tenant slot");
-        vgpu_pacer_init(&t->pacer, share, force, a, me);
+        vgpu_pacer_init(&t->pacer, share, force, 20 * MS, a, me);
     }
 }
 
@@ -341,7 +382,69 @@ static void case_clock_order(void)
     CHECK(vgpu_arbiter_try_acquire(a, waiter, 10 * MS + 20 * US, 10 * MS, 10 * MS), "the waiter goes next");
 }
 
+/* The power model's arithmetic, at the points measured on an H100. */
+static void case_power_scale(void)
+{
+    /* Matmuls alone under force 30%: 372 W on average, 120 W between turns. */
+    uint32_t s = vgpu_power_scale(372, 0.30, 120, 700);
+    CHECK(s > 1024 * 1.09 && s < 1024 * 1.13, "compute-bound at 30%%: scale %u", s);
+    /* Small kernels and a sync loop draw far under the limit: no charge. */
+    CHECK(vgpu_power_scale(144, 0.30, 75, 700) == VGPU_SCALE_ONE, "memory-bound work is charged its time");
+    CHECK(vgpu_power_scale(242, 0.30, 75, 700) == VGPU_SCALE_ONE, "sync loop is charged its time");
+    /* Nothing to go on, or nonsense: no charge, never less than the time. */
+    CHECK(vgpu_power_scale(200, 0.10, 75, 700) == VGPU_SCALE_ONE, "low duty extrapolates from 20%%");
+    CHECK(vgpu_power_scale(100, 0.5, 120, 700) == VGPU_SCALE_ONE, "below idle");
+    CHECK(vgpu_power_scale(372, 0.3, 120, 0) == VGPU_SCALE_ONE, "no limit known");
+    CHECK(vgpu_power_scale(NAN, 0.3, 120, 700) == VGPU_SCALE_ONE, "NaN power");
+    CHECK(vgpu_power_scale(50000, 0.05, 0, 700) == VGPU_SCALE_MAX, "bounded at twice the time");
+    struct vgpu_power_sample a = {0, 0, 0}, b = {SEC / 2, 186000, 150 * MS};
+    CHECK(vgpu_power_window_scale(&a, &b, 120, 700) == 0, "a window under 1 s decides nothing");
+    b = (struct vgpu_power_sample){4 * SEC, 4 * 372000, 1200 * MS};
+    CHECK(vgpu_power_window_scale(&a, &b, 120, 700) == s, "a 4 s window at the same power and duty");
+}
+
+/* On a simulated power-limited GPU that runs compute-bound work 11.7% faster
+ * at partial duty, force caps hold the share of *work* (throughput), not of
+ * time; without the charge they would not. */
+static void case_force_power_headroom(void)
+{
+    const uint32_t caps[] = {10, 30, 50, 70};
+    double native = native_rate(MATMUL);
+    for (size_t c = 0; c < sizeof caps / sizeof caps[0]; c++) {
+        for (int aware = 0; aware <= 1; aware++) {
+            g_power.on = aware;
+            g_power.boost = 1.117;
+            g_power.idle_w = 120;
+            g_power.on_w = 960;
+            g_power.limit_w = 700;
+            struct tenant t;
+            setup(&t, fresh_arbiter(), MATMUL, caps[c], 1, 0, 200 * SEC);
+            simulate(&t, 1);
+            double first = share_over(&t, 0, 10 * SEC, native);
+            double whole = share_over(&t, 0, 200 * SEC, native);
+            double var = cv(&t, 200 * SEC);
+            printf("force %u%% %s: first 10 s %5.2f%%  whole %5.2f%%  cv %.3f  scale %.3f\n", caps[c],
+                   aware ? "with the power charge   " : "charged time only       ", first, whole, var,
+                   t.pacer.charge_scale / 1024.0);
+            if (aware) {
+                CHECK(fabs(first - caps[c]) <= 2.0, "first 10 s: %.2f%% of work for a %u%% cap", first, caps[c]);
+                /* Below 20% duty nothing is charged (power.c): the speed-up
+                 * left there must stay within the goal's 2 points. */
+                double within = caps[c] < 20 ? 2.0 : 1.0;
+                CHECK(fabs(whole - caps[c]) <= within, "whole run: %.2f%% of work for a %u%% cap", whole, caps[c]);
+                CHECK(var <= 0.05, "half-second windows vary by %.3f of their mean", var);
+            } else {
+                CHECK(whole > caps[c] * 1.08, "the model must show the problem: %.2f%%", whole);
+            }
+        }
+    }
+    g_power.on = 0;
+    g_power.boost = 1.0;
+}
+
 static const struct test_case g_cases[] = {
+    {"power_scale", case_power_scale},
+    {"force_power_headroom", case_force_power_headroom},
     {"clock_order", case_clock_order},
     {"force_alone", case_force_alone},
     {"two_tenants", case_two_tenants},

@@ -13,7 +13,9 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <strings.h>
+#include <time.h>
 
 /* Device handles point at these; the index is the physical device. */
 struct nvmlDevice_st {
@@ -256,6 +258,48 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsign
     return NVML_SUCCESS;
 }
 
+/* Power: a GPU that draws a constant FAKE_NVML_POWER_W watts (default 100)
+ * from the moment the library is loaded, reports FAKE_NVML_IDLE_W (default
+ * the same) as its current power, and is limited to FAKE_NVML_POWER_LIMIT_W
+ * (default 700). Enough to drive libvgpu's power-headroom arithmetic. */
+static double env_watts(const char *name, double fallback)
+{
+    const char *v = getenv(name);
+    return v && *v ? atof(v) : fallback;
+}
+
+static struct timespec g_loaded;
+
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *mj)
+{
+    REQUIRE_INIT();
+    if (device_index(device) < 0 || !mj)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double ms = (double)(now.tv_sec - g_loaded.tv_sec) * 1e3 + (double)(now.tv_nsec - g_loaded.tv_nsec) / 1e6;
+    *mj = (unsigned long long)(ms * env_watts("FAKE_NVML_POWER_W", 100.0)); /* W x ms = mJ */
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *mw)
+{
+    REQUIRE_INIT();
+    if (device_index(device) < 0 || !mw)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *mw = (unsigned int)(env_watts("FAKE_NVML_IDLE_W", env_watts("FAKE_NVML_POWER_W", 100.0)) * 1000.0);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *mw)
+{
+    REQUIRE_INIT();
+    if (device_index(device) < 0 || !mw)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *mw = (unsigned int)(env_watts("FAKE_NVML_POWER_LIMIT_W", 700.0) * 1000.0);
+    return NVML_SUCCESS;
+}
+
 const char *nvmlErrorString(nvmlReturn_t result)
 {
     switch (result) {
@@ -275,4 +319,5 @@ const char *nvmlErrorString(nvmlReturn_t result)
 __attribute__((constructor)) static void fake_nvml_load(void)
 {
     fake_state();
+    clock_gettime(CLOCK_MONOTONIC, &g_loaded);
 }
