@@ -762,6 +762,148 @@ static void case_hold(void)
     }
 }
 
+/* ---- the compute share, against the fake GPU timeline -------------------- */
+
+/* The launch entry points, reached the way VGPU_TEST_ACCESS says; each kind
+ * alternates between its legacy-stream and per-thread-stream exports. */
+struct launch_api {
+    cu_fn_cuLaunchKernel kernel;
+    cu_fn_cuLaunchKernel_ptsz kernel_ptsz;
+    cu_fn_cuLaunchKernelEx ex;
+    cu_fn_cuLaunchKernelEx_ptsz ex_ptsz;
+    cu_fn_cuLaunchCooperativeKernel coop;
+    cu_fn_cuLaunchCooperativeKernel_ptsz coop_ptsz;
+    cu_fn_cuGraphLaunch graph;
+    cu_fn_cuGraphLaunch_ptsz graph_ptsz;
+    cu_fn_cuCtxSynchronize sync;
+};
+
+static struct launch_api L;
+
+static void load_launch_api(void)
+{
+    const char *mode = getenv("VGPU_TEST_ACCESS");
+    mode = mode ? mode : "direct";
+    if (strcmp(mode, "direct") == 0) {
+        L = (struct launch_api){cuLaunchKernel, cuLaunchKernel_ptsz, cuLaunchKernelEx, cuLaunchKernelEx_ptsz,
+                                cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz, cuGraphLaunch,
+                                cuGraphLaunch_ptsz, cuCtxSynchronize};
+    } else if (strcmp(mode, "dlsym") == 0) {
+#define S(field, name) *(void **)&L.field = sym(g_libcuda, name)
+        S(kernel, "cuLaunchKernel"); S(kernel_ptsz, "cuLaunchKernel_ptsz"); S(ex, "cuLaunchKernelEx");
+        S(ex_ptsz, "cuLaunchKernelEx_ptsz"); S(coop, "cuLaunchCooperativeKernel");
+        S(coop_ptsz, "cuLaunchCooperativeKernel_ptsz"); S(graph, "cuGraphLaunch");
+        S(graph_ptsz, "cuGraphLaunch_ptsz"); S(sync, "cuCtxSynchronize");
+#undef S
+    } else {
+        /* procaddr and ptsz alike: the per-thread exports through the flag. */
+        const cuuint64_t ptds = CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
+#define P(field, name, flags) *(void **)&L.field = proc(name, 13000, flags)
+        P(kernel, "cuLaunchKernel", 0); P(kernel_ptsz, "cuLaunchKernel", ptds);
+        P(ex, "cuLaunchKernelEx", 0); P(ex_ptsz, "cuLaunchKernelEx", ptds);
+        P(coop, "cuLaunchCooperativeKernel", 0); P(coop_ptsz, "cuLaunchCooperativeKernel", ptds);
+        P(graph, "cuGraphLaunch", 0); P(graph_ptsz, "cuGraphLaunch", ptds); P(sync, "cuCtxSynchronize", 0);
+#undef P
+    }
+}
+
+enum launch_kind { KIND_KERNEL, KIND_COOP, KIND_GRAPH };
+
+static const char *const g_kind_exports[][4] = {
+    [KIND_KERNEL] = {"cuLaunchKernel", "cuLaunchKernel_ptsz", "cuLaunchKernelEx", "cuLaunchKernelEx_ptsz"},
+    [KIND_COOP] = {"cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz", NULL, NULL},
+    [KIND_GRAPH] = {"cuGraphLaunch", "cuGraphLaunch_ptsz", NULL, NULL},
+};
+
+/* The i-th launch of a kind: through each of its entry points in turn. */
+static CUresult launch_one(enum launch_kind kind, uint64_t i)
+{
+    CUfunction f = (CUfunction)&g_pool; /* opaque to the fake; never dereferenced */
+    CUlaunchConfig config = {.gridDimX = 1, .gridDimY = 1, .gridDimZ = 1, .blockDimX = 32, .blockDimY = 1,
+                             .blockDimZ = 1, .hStream = NULL};
+    switch (kind) {
+    case KIND_KERNEL:
+        switch (i % 4) {
+        case 0: return L.kernel(f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL);
+        case 1: return L.kernel_ptsz(f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL);
+        case 2: return L.ex(&config, f, NULL, NULL);
+        default: return L.ex_ptsz(&config, f, NULL, NULL);
+        }
+    case KIND_COOP:
+        return i % 2 ? L.coop_ptsz(f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL) : L.coop(f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL);
+    case KIND_GRAPH:
+        return i % 2 ? L.graph_ptsz((CUgraphExec)&g_pool, NULL) : L.graph((CUgraphExec)&g_pool, NULL);
+    }
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Launches of one kind back to back for 1.5 s of wall time (or until 1.5 s
+ * of GPU work is queued, which an uncapped process reaches at once), then
+ * cuCtxSynchronize. The fake GPU gives each launch FAKE_CUDA_LAUNCH_NS
+ * (graphs FAKE_CUDA_GRAPH_LAUNCH_NS) of GPU time, one after another; the
+ * fraction of the wall time, from the first launch until all is drained,
+ * that it was busy must be the compute share under force (CUDA_DEVICE_SM_LIMIT,
+ * or LIBVGPU_PROCESS_SM_LIMIT where lower) +-5 points. Otherwise (no cap,
+ * policy disable, or policy default, under which a process alone borrows the
+ * idle GPU) it must exceed 90%.
+ */
+static void pace(enum launch_kind kind)
+{
+    const uint64_t window = 1500000000u;
+    load_api();
+    load_launch_api();
+    open_device(0);
+    /* The share: the slice's, narrowed by the process's own cap. */
+    const char *limit = getenv("CUDA_DEVICE_SM_LIMIT"), *own = getenv("LIBVGPU_PROCESS_SM_LIMIT");
+    const char *policy = getenv("GPU_CORE_UTILIZATION_POLICY");
+    int share = limit ? atoi(limit) : 0;
+    if (own && atoi(own) > 0 && (share == 0 || atoi(own) < share))
+        share = atoi(own);
+    /* Under default a process alone on its GPU borrows the idle time. */
+    int paced = share > 0 && share < 100 && policy && strcmp(policy, "force") == 0;
+    unsigned long long launched_before = 0;
+    for (int e = 0; e < 4; e++)
+        launched_before += fake_cuda_launch_count_by_name(g_kind_exports[kind][e]);
+
+    uint64_t busy0 = fake_cuda_busy_ns(0), start = now_ns(), n = 0;
+    while (now_ns() - start < window && fake_cuda_busy_ns(0) - busy0 < window) {
+        CUresult r = launch_one(kind, n);
+        CHECK(r == CUDA_SUCCESS, "launch %llu returned %d", (unsigned long long)n, r);
+        n++;
+    }
+    CHECK_CU(L.sync(), CUDA_SUCCESS);
+    uint64_t end = now_ns(), busy = fake_cuda_busy_ns(0) - busy0;
+    CHECK(fake_cuda_busy_until(0) <= end, "cuCtxSynchronize returned before the GPU was idle");
+
+    unsigned long long launched = 0;
+    for (int e = 0; e < 4; e++)
+        launched += fake_cuda_launch_count_by_name(g_kind_exports[kind][e]);
+    CHECK(launched - launched_before == n, "%llu launches reached the driver, %llu were made",
+          launched - launched_before, (unsigned long long)n);
+    double percent = 100.0 * (double)busy / (double)(end - start);
+    printf("busy %.1f%% of %.3f s (%llu launches of %.2f ms of GPU time, %s, share %d%%, policy %s)\n", percent,
+           (double)(end - start) / 1e9, (unsigned long long)n, n ? (double)busy / (double)n / 1e6 : 0.0,
+           kind == KIND_KERNEL ? "kernels" : kind == KIND_COOP ? "cooperative kernels" : "graphs", share,
+           policy ? policy : "unset");
+    if (paced)
+        CHECK(percent >= share - 5.0 && percent <= share + 5.0, "the GPU was busy %.1f%% of the time, cap %d%%",
+              percent, share);
+    else
+        CHECK(percent > 90.0, "unpaced, the GPU was busy only %.1f%% of the time", percent);
+}
+
+static void case_pace_kernel(void) { pace(KIND_KERNEL); }
+static void case_pace_coop(void) { pace(KIND_COOP); }
+static void case_pace_graph(void) { pace(KIND_GRAPH); }
+
 static const struct test_case g_cases[] = {
     {"paths", case_paths},
     {"info", case_info},
@@ -781,6 +923,9 @@ static const struct test_case g_cases[] = {
     {"identity", case_identity},
     {"fork_after_init", case_fork_after_init},
     {"hold", case_hold},
+    {"pace_kernel", case_pace_kernel},
+    {"pace_coop", case_pace_coop},
+    {"pace_graph", case_pace_graph},
 };
 
 int main(int argc, char **argv) { return run_case(argc, argv, g_cases, sizeof g_cases / sizeof g_cases[0]); }

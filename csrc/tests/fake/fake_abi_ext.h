@@ -23,6 +23,8 @@ enum {
     CU_MEM_ATTACH_GLOBAL = 0x1, /* cuMemAllocManaged flags */
     CU_MEM_ATTACH_HOST = 0x2,
     CU_MEM_ALLOCATION_TYPE_PINNED = 0x1, /* CUmemAllocationProp.type */
+    CU_EVENT_BLOCKING_SYNC = 0x1,        /* cuEventCreate flags, beside */
+    CU_EVENT_INTERPROCESS = 0x4,         /* driver_abi.h's CU_EVENT_DISABLE_TIMING */
 };
 
 enum {

@@ -37,6 +37,23 @@ FAKE_CONTROL_API unsigned long long fake_cuda_launch_count(void);
  * ("cuLaunchKernel_ptsz", "cuGraphLaunch", ...); 0 for any other name. */
 FAKE_CONTROL_API unsigned long long fake_cuda_launch_count_by_name(const char *entry_point);
 
+/* The GPU timeline (README.md, "GPU time"): each launch occupies its device for
+ * FAKE_CUDA_LAUNCH_NS (graphs: FAKE_CUDA_GRAPH_LAUNCH_NS), after the work
+ * this process queued before it.
+ *
+ * fake_cuda_busy_ns: GPU time (ns) of all the work this process has queued
+ * on a physical device so far, finished or not. Over a window that starts
+ * before the first of some launches and ends once they are drained
+ * (cuCtxSynchronize), its growth divided by the window's length is the
+ * fraction of the time the device was busy with them.
+ *
+ * fake_cuda_busy_until: the CLOCK_MONOTONIC time (ns) at which the work
+ * queued on the device so far completes; in the past (or 0) when idle.
+ *
+ * Both are 0 for an invalid index, and before this process's cuInit. */
+FAKE_CONTROL_API unsigned long long fake_cuda_busy_ns(int physical);
+FAKE_CONTROL_API unsigned long long fake_cuda_busy_until(int physical);
+
 /* Physical device behind a CUDA ordinal in this process, or -1 if the ordinal
  * is not visible or cuInit has not run yet (CUDA_VISIBLE_DEVICES is applied
  * at cuInit, as by the real driver). */

@@ -16,6 +16,7 @@
 #include "fake_state.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VMM_GRANULARITY (2ULL << 20) /* what every current GPU reports */
@@ -208,13 +210,16 @@ static bool ctx_valid_locked(CUcontext c)
 }
 
 static void release_ctx_allocations_locked(struct CUctx_st *ctx);
+static void release_ctx_events_locked(struct CUctx_st *ctx);
 
-/* Destroying a context frees everything allocated in it, as the real driver
- * does, and gives back the context's own footprint. Caller holds g_lock. */
+/* Destroying a context frees everything allocated in it and its events, as
+ * the real driver does, and gives back the context's own footprint. Caller
+ * holds g_lock. */
 static void ctx_deactivate_locked(struct CUctx_st *c)
 {
     atomic_store(&c->alive, false);
     release_ctx_allocations_locked(c);
+    release_ctx_events_locked(c);
     fake_uncharge(fake_state(), c->physical, fake_config()->context_size);
 }
 
@@ -443,6 +448,265 @@ CUresult cuCtxGetDevice(CUdevice *dev)
         return CUDA_ERROR_INVALID_CONTEXT;
     *dev = c->ordinal;
     return CUDA_SUCCESS;
+}
+
+/* ---- the GPU timeline -------------------------------------------------- */
+
+/*
+ * Each physical device has one FIFO timeline per process: a launch occupies
+ * it for a fixed GPU duration after whatever was queued before it, so that
+ * busy_until = max(now, busy_until) + duration. Streams are not told apart
+ * (everything is one queue), nothing blocks the launching thread, and other
+ * processes' work does not delay this one's. Times are CLOCK_MONOTONIC ns.
+ * Durations come from FAKE_CUDA_LAUNCH_NS and FAKE_CUDA_GRAPH_LAUNCH_NS,
+ * read at load; the default 0 makes every launch complete at once.
+ */
+struct timeline {
+    unsigned long long busy_until; /* when the last queued work completes */
+    unsigned long long enqueued;   /* GPU time of all work queued so far */
+};
+
+static pthread_mutex_t g_timeline_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct timeline g_timeline[FAKE_MAX_DEVICES]; /* by physical device */
+static unsigned long long g_launch_ns, g_graph_launch_ns;
+
+static unsigned long long mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+}
+
+static void sleep_until(unsigned long long t)
+{
+    struct timespec ts = {(time_t)(t / 1000000000ULL), (long)(t % 1000000000ULL)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+/* A duration in ns from the environment; unset, empty or malformed is 0. */
+static unsigned long long env_ns(const char *name, unsigned long long fallback)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return fallback;
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (errno || *end || !isdigit((unsigned char)*v) || n > 3600ULL * 1000000000ULL) {
+        fprintf(stderr, "fake cuda: ignoring %s=\"%s\": expected nanoseconds, at most an hour\n",
+                name, v);
+        return fallback;
+    }
+    return n;
+}
+
+static void read_timeline_config(void)
+{
+    g_launch_ns = env_ns("FAKE_CUDA_LAUNCH_NS", 0);
+    g_graph_launch_ns = env_ns("FAKE_CUDA_GRAPH_LAUNCH_NS", g_launch_ns);
+}
+
+/* Queue `duration` of work on a device; returns when it will be done. */
+static unsigned long long timeline_enqueue(int physical, unsigned long long duration)
+{
+    unsigned long long now = mono_ns();
+    pthread_mutex_lock(&g_timeline_lock);
+    struct timeline *t = &g_timeline[physical];
+    t->busy_until = (t->busy_until > now ? t->busy_until : now) + duration;
+    t->enqueued += duration;
+    unsigned long long done = t->busy_until;
+    pthread_mutex_unlock(&g_timeline_lock);
+    return done;
+}
+
+/* When everything queued on a device so far will be done (at least now). */
+static unsigned long long timeline_tail(int physical)
+{
+    unsigned long long now = mono_ns();
+    pthread_mutex_lock(&g_timeline_lock);
+    unsigned long long until = g_timeline[physical].busy_until;
+    pthread_mutex_unlock(&g_timeline_lock);
+    return until > now ? until : now;
+}
+
+static void timeline_reset(void)
+{
+    pthread_mutex_lock(&g_timeline_lock);
+    memset(g_timeline, 0, sizeof g_timeline);
+    pthread_mutex_unlock(&g_timeline_lock);
+}
+
+/* Waits for all work queued on the current context's device, by any thread
+ * of this process. */
+CUresult cuCtxSynchronize(void)
+{
+    REQUIRE_INIT();
+    struct CUctx_st *c = ctx_current();
+    if (!c)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    sleep_until(timeline_tail(c->physical));
+    return CUDA_SUCCESS;
+}
+
+/* ---- events ------------------------------------------------------------- */
+
+/* An event completes when the work queued on its device before it was
+ * recorded is done; one never recorded counts as complete, as in CUDA. It
+ * belongs to the context it was created in and goes away with it. */
+struct CUevent_st {
+    struct CUevent_st *next; /* registry, for handle validation */
+    struct CUctx_st *ctx;    /* the context it was created in */
+    int physical;            /* that context's device */
+    bool recorded;
+    unsigned long long done_at;
+};
+
+static struct CUevent_st *g_events;
+
+#define EVENT_FLAGS \
+    ((unsigned)(CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS))
+
+/* Destroying a context destroys its events: their handles become unknown. */
+static void release_ctx_events_locked(struct CUctx_st *ctx)
+{
+    struct CUevent_st **pp = &g_events;
+    while (*pp) {
+        struct CUevent_st *e = *pp;
+        if (e->ctx == ctx) {
+            *pp = e->next;
+            free(e);
+        } else {
+            pp = &e->next;
+        }
+    }
+}
+
+static bool event_valid_locked(CUevent e)
+{
+    for (struct CUevent_st *k = g_events; k; k = k->next)
+        if (k == e)
+            return true;
+    return false;
+}
+
+CUresult cuEventCreate(CUevent *event, unsigned int flags)
+{
+    REQUIRE_INIT();
+    if (!event || (flags & ~EVENT_FLAGS))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUctx_st *c = ctx_current();
+    if (!c)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    struct CUevent_st *e = calloc(1, sizeof *e);
+    if (!e)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    e->ctx = c;
+    e->physical = c->physical;
+    pthread_mutex_lock(&g_lock);
+    e->next = g_events;
+    g_events = e;
+    pthread_mutex_unlock(&g_lock);
+    *event = e;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuEventDestroy_v2(CUevent event)
+{
+    REQUIRE_INIT();
+    pthread_mutex_lock(&g_lock);
+    struct CUevent_st **pp = &g_events;
+    while (*pp && *pp != event)
+        pp = &(*pp)->next;
+    struct CUevent_st *found = *pp;
+    if (found)
+        *pp = found->next;
+    pthread_mutex_unlock(&g_lock);
+    if (!found)
+        return CUDA_ERROR_INVALID_HANDLE;
+    free(found);
+    return CUDA_SUCCESS;
+}
+
+/* The stream is not looked at: the device has one queue. */
+static CUresult event_record(CUevent event)
+{
+    REQUIRE_INIT();
+    pthread_mutex_lock(&g_lock);
+    CUresult rc = CUDA_ERROR_INVALID_HANDLE;
+    if (event_valid_locked(event)) {
+        event->done_at = timeline_tail(event->physical);
+        event->recorded = true;
+        rc = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return rc;
+}
+
+CUresult cuEventRecord(CUevent event, CUstream stream)
+{
+    (void)stream;
+    return event_record(event);
+}
+
+CUresult cuEventRecord_ptsz(CUevent event, CUstream stream)
+{
+    (void)stream;
+    return event_record(event);
+}
+
+/* When the event completes (0 if never recorded), or false if unknown. */
+static bool event_done_at(CUevent event, unsigned long long *at)
+{
+    pthread_mutex_lock(&g_lock);
+    bool valid = event_valid_locked(event);
+    if (valid)
+        *at = event->recorded ? event->done_at : 0;
+    pthread_mutex_unlock(&g_lock);
+    return valid;
+}
+
+CUresult cuEventQuery(CUevent event)
+{
+    REQUIRE_INIT();
+    unsigned long long at;
+    if (!event_done_at(event, &at))
+        return CUDA_ERROR_INVALID_HANDLE;
+    return mono_ns() >= at ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+}
+
+CUresult cuEventSynchronize(CUevent event)
+{
+    REQUIRE_INIT();
+    unsigned long long at;
+    if (!event_done_at(event, &at))
+        return CUDA_ERROR_INVALID_HANDLE;
+    sleep_until(at);
+    return CUDA_SUCCESS;
+}
+
+/* ---- stream capture ----------------------------------------------------- */
+
+/* The fake has no stream capture: no stream is ever capturing. */
+static CUresult stream_is_capturing(CUstreamCaptureStatus *status)
+{
+    REQUIRE_INIT();
+    if (!status)
+        return CUDA_ERROR_INVALID_VALUE;
+    *status = CU_STREAM_CAPTURE_STATUS_NONE;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamIsCapturing(CUstream stream, CUstreamCaptureStatus *status)
+{
+    (void)stream;
+    return stream_is_capturing(status);
+}
+
+CUresult cuStreamIsCapturing_ptsz(CUstream stream, CUstreamCaptureStatus *status)
+{
+    (void)stream;
+    return stream_is_capturing(status);
 }
 
 /* ---- allocation table --------------------------------------------------- */
@@ -1066,6 +1330,12 @@ CUresult cuInit(unsigned int flags)
                 g_pools = p->next;
                 free(p);
             }
+            while (g_events) {
+                struct CUevent_st *e = g_events;
+                g_events = e->next;
+                free(e);
+            }
+            timeline_reset(); /* the parent's work is not on this process's timeline */
         }
         parse_visible_devices();
         for (int i = 0; i < g_visible_count; i++) {
@@ -1159,6 +1429,7 @@ static const struct {
     {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
     {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
     {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
     {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
     {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
@@ -1221,8 +1492,11 @@ static CUresult launch(enum launch_entry entry, bool handle_ok, CUresult bad_han
     REQUIRE_INIT();
     if (!handle_ok)
         return bad_handle;
-    if (!ctx_current())
+    struct CUctx_st *c = ctx_current();
+    if (!c)
         return CUDA_ERROR_INVALID_CONTEXT;
+    bool graph = entry == LAUNCH_GRAPH || entry == LAUNCH_GRAPH_PTSZ;
+    timeline_enqueue(c->physical, graph ? g_graph_launch_ns : g_launch_ns);
     atomic_fetch_add(&g_launches[entry], 1);
     return CUDA_SUCCESS;
 }
@@ -1343,6 +1617,16 @@ static const struct proc_entry g_procs[] = {
     PROC("cuCtxPushCurrent", cuCtxPushCurrent_v2, 4000),
     PROC("cuCtxPopCurrent", cuCtxPopCurrent_v2, 4000),
     PROC("cuCtxGetDevice", cuCtxGetDevice, 2000),
+    PROC("cuCtxSynchronize", cuCtxSynchronize, 2000),
+    /* events and streams */
+    PROC("cuEventCreate", cuEventCreate, 2000),
+    PROC("cuEventDestroy", cuEventDestroy_v2, 4000),
+    PROC("cuEventRecord", cuEventRecord, 2000),
+    PROC_PTSZ("cuEventRecord", cuEventRecord_ptsz, 7000),
+    PROC("cuEventQuery", cuEventQuery, 2000),
+    PROC("cuEventSynchronize", cuEventSynchronize, 2000),
+    PROC("cuStreamIsCapturing", cuStreamIsCapturing, 10000),
+    PROC_PTSZ("cuStreamIsCapturing", cuStreamIsCapturing_ptsz, 10000),
     /* linear memory */
     PROC("cuMemAlloc", cuMemAlloc, 2000),
     PROC("cuMemAlloc", cuMemAlloc_v2, 3020),
@@ -1480,6 +1764,26 @@ unsigned long long fake_cuda_launch_count_by_name(const char *entry_point)
     return 0;
 }
 
+unsigned long long fake_cuda_busy_ns(int physical)
+{
+    if (!initialized() || !fake_valid_physical(physical))
+        return 0;
+    pthread_mutex_lock(&g_timeline_lock);
+    unsigned long long v = g_timeline[physical].enqueued;
+    pthread_mutex_unlock(&g_timeline_lock);
+    return v;
+}
+
+unsigned long long fake_cuda_busy_until(int physical)
+{
+    if (!initialized() || !fake_valid_physical(physical))
+        return 0;
+    pthread_mutex_lock(&g_timeline_lock);
+    unsigned long long v = g_timeline[physical].busy_until;
+    pthread_mutex_unlock(&g_timeline_lock);
+    return v;
+}
+
 int fake_cuda_physical_of_ordinal(int ordinal)
 {
     return initialized() ? physical_of(ordinal) : -1;
@@ -1500,6 +1804,7 @@ struct fake_shared *fake_cuda_private_state(void)
 __attribute__((constructor)) static void fake_cuda_load(void)
 {
     fake_state();
+    read_timeline_config();
 }
 
 /* A process that exits gives its device memory back, as with the real

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MiB (1ULL << 20)
@@ -67,12 +68,14 @@ static char g_dummy[4];
 #define FUNC ((CUfunction)(void *)&g_dummy[0])
 #define CONFIG ((const CUlaunchConfig *)(const void *)&g_dummy[1])
 #define GRAPH ((CUgraphExec)(void *)&g_dummy[2])
+#define BOGUS_EVENT ((CUevent)(void *)&g_dummy[3])
 
 /* ---- processes ---------------------------------------------------------- */
 
 static const char *const g_cleared_env[] = {
     "FAKE_CUDA_DEVICE_COUNT", "FAKE_CUDA_DEVICE_MEMORY", "FAKE_CUDA_CONTEXT_SIZE",
     "FAKE_CUDA_STATE",        "FAKE_CUDA_DRIVER_VERSION", "CUDA_VISIBLE_DEVICES",
+    "FAKE_CUDA_LAUNCH_NS",    "FAKE_CUDA_GRAPH_LAUNCH_NS",
     NULL,
 };
 
@@ -195,6 +198,12 @@ static void basic_before_init(void)
     CHECK_RC(cuMemAlloc_v2(&p, 1), CUDA_ERROR_NOT_INITIALIZED);
     CHECK_RC(cuCtxGetDevice(&dev), CUDA_ERROR_NOT_INITIALIZED);
     CHECK_RC(cuDevicePrimaryCtxRetain(NULL, 0), CUDA_ERROR_NOT_INITIALIZED);
+    CUevent ev;
+    CUstreamCaptureStatus capture;
+    CHECK_RC(cuCtxSynchronize(), CUDA_ERROR_NOT_INITIALIZED);
+    CHECK_RC(cuEventCreate(&ev, 0), CUDA_ERROR_NOT_INITIALIZED);
+    CHECK_RC(cuEventQuery(BOGUS_EVENT), CUDA_ERROR_NOT_INITIALIZED);
+    CHECK_RC(cuStreamIsCapturing(NULL, &capture), CUDA_ERROR_NOT_INITIALIZED);
     CHECK_RC(cuDriverGetVersion(&version), CUDA_SUCCESS);
     CHECK_EQ("cuDriverGetVersion default", version, 13000);
     CHECK_RC(cuGetProcAddress_v2("cuInit", &fn, 12000, 0, &st), CUDA_SUCCESS);
@@ -263,6 +272,9 @@ static void basic_no_context(void)
     CHECK_RC(cuCtxGetDevice(&dev), CUDA_ERROR_INVALID_CONTEXT);
     CHECK_RC(cuArrayCreate_v2(&arr, &d), CUDA_ERROR_INVALID_CONTEXT);
     CHECK_RC(cuLaunchKernel(FUNC, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL), CUDA_ERROR_INVALID_CONTEXT);
+    CUevent ev;
+    CHECK_RC(cuCtxSynchronize(), CUDA_ERROR_INVALID_CONTEXT);
+    CHECK_RC(cuEventCreate(&ev, 0), CUDA_ERROR_INVALID_CONTEXT);
     CHECK_EQ("nothing charged yet", fake_cuda_device_used(0) + fake_cuda_device_used(1), 0);
 }
 
@@ -541,6 +553,13 @@ static void basic_launches(void)
              fake_cuda_launch_count_by_name("cuLaunchKernel_ptsz"), 1);
     CHECK_EQ("per-entry count cuGraphLaunch", fake_cuda_launch_count_by_name("cuGraphLaunch"), 1);
     CHECK_EQ("per-entry count of an unknown name", fake_cuda_launch_count_by_name("cuNope"), 0);
+    CHECK_EQ("launches take no GPU time by default", fake_cuda_busy_ns(0), 0);
+    CHECK_RC(cuCtxSynchronize(), CUDA_SUCCESS);
+    CUevent ev = NULL;
+    CHECK_RC(cuEventCreate(&ev, 0), CUDA_SUCCESS);
+    CHECK_RC(cuEventRecord(ev, NULL), CUDA_SUCCESS);
+    CHECK_RC(cuEventQuery(ev), CUDA_SUCCESS);
+    CHECK_RC(cuEventDestroy_v2(ev), CUDA_SUCCESS);
 }
 
 /* (base name, export expected at CUDA 13.0) for every name the table knows. */
@@ -565,6 +584,13 @@ static const char *const g_latest[][2] = {
     {"cuCtxPushCurrent", "cuCtxPushCurrent_v2"},
     {"cuCtxPopCurrent", "cuCtxPopCurrent_v2"},
     {"cuCtxGetDevice", "cuCtxGetDevice"},
+    {"cuCtxSynchronize", "cuCtxSynchronize"},
+    {"cuEventCreate", "cuEventCreate"},
+    {"cuEventDestroy", "cuEventDestroy_v2"},
+    {"cuEventRecord", "cuEventRecord"},
+    {"cuEventQuery", "cuEventQuery"},
+    {"cuEventSynchronize", "cuEventSynchronize"},
+    {"cuStreamIsCapturing", "cuStreamIsCapturing"},
     {"cuMemAlloc", "cuMemAlloc_v2"},
     {"cuMemAllocPitch", "cuMemAllocPitch_v2"},
     {"cuMemAllocManaged", "cuMemAllocManaged"},
@@ -633,6 +659,11 @@ static void basic_get_proc_address(void)
     expect_proc("cuMemAllocAsync", 12000, ptds, (void *)&cuMemAllocAsync_ptsz,
                 "cuMemAllocAsync_ptsz");
     expect_proc("cuGraphLaunch", 12000, ptds, (void *)&cuGraphLaunch_ptsz, "cuGraphLaunch_ptsz");
+    expect_proc("cuEventRecord", 12000, ptds, (void *)&cuEventRecord_ptsz, "cuEventRecord_ptsz");
+    expect_proc("cuStreamIsCapturing", 12000, ptds, (void *)&cuStreamIsCapturing_ptsz,
+                "cuStreamIsCapturing_ptsz");
+    expect_proc("cuEventRecord", 12000, 0, (void *)&cuEventRecord, "cuEventRecord");
+    expect_proc("cuCtxSynchronize", 12000, ptds, (void *)&cuCtxSynchronize, "cuCtxSynchronize");
     expect_proc("cuCtxCreate", 12050, 0, (void *)&cuCtxCreate_v4, "cuCtxCreate_v4");
     expect_proc("cuCtxCreate", 12040, 0, (void *)&cuCtxCreate_v3, "cuCtxCreate_v3");
     expect_proc("cuCtxCreate", 11040, 0, (void *)&cuCtxCreate_v3, "cuCtxCreate_v3");
@@ -645,6 +676,7 @@ static void basic_get_proc_address(void)
     expect_proc_missing("cuMemAllocAsync", 11000, CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
     expect_proc_missing("cuLaunchKernelEx", 11070, CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
     expect_proc_missing("cuMemCreate", 10010, CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
+    expect_proc_missing("cuEventDestroy", 3020, CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
     expect_proc_missing("cuNoSuchFunction", 13000, CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
     expect_proc_missing("cuMemAlloc_v2", 13000, CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
     expect_proc_missing("fake_cuda_launch_count", 13000, CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
@@ -1109,6 +1141,173 @@ static void scenario_race_child(const char *fds)
     exit(ok ? 0 : 1);
 }
 
+/* ---- scenario: the GPU timeline (2 devices; launches 20 ms, graphs 50 ms) - */
+
+#define MS 1000000ULL
+#define SLACK (500 * MS) /* how late a wait may return on a loaded machine */
+
+static unsigned long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+}
+
+static void timeline_events_and_sync(void)
+{
+    CUevent first = NULL, second = NULL, never = NULL;
+    CHECK_RC(cuEventCreate(&first, 0), CUDA_SUCCESS);
+    CHECK_RC(cuEventCreate(&second, CU_EVENT_DISABLE_TIMING), CUDA_SUCCESS);
+    CHECK_RC(cuEventCreate(&never, CU_EVENT_BLOCKING_SYNC), CUDA_SUCCESS);
+    CHECK_RC(cuEventQuery(never), CUDA_SUCCESS); /* never recorded: complete, as in CUDA */
+    CHECK_RC(cuEventSynchronize(never), CUDA_SUCCESS);
+
+    unsigned long long t0 = now_ns();
+    CHECK_RC(cuLaunchKernel(FUNC, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL), CUDA_SUCCESS);
+    CHECK_RC(cuEventRecord(first, NULL), CUDA_SUCCESS);
+    CHECK_RC(cuGraphLaunch_ptsz(GRAPH, NULL), CUDA_SUCCESS);
+    CHECK_RC(cuEventRecord_ptsz(second, NULL), CUDA_SUCCESS);
+    unsigned long long t1 = now_ns();
+    CHECK_EQ("busy time queued: a kernel and a graph", fake_cuda_busy_ns(0), 70 * MS);
+    unsigned long long until = fake_cuda_busy_until(0);
+    CHECK(until >= t0 + 70 * MS && until <= t1 + 70 * MS,
+          "queued back to back: busy until %.1f ms after the first launch",
+          (double)(until - t0) / 1e6);
+    CHECK_EQ("the other device is idle", fake_cuda_busy_ns(1), 0);
+    CHECK_RC(cuEventQuery(first), CUDA_ERROR_NOT_READY);
+
+    CHECK_RC(cuEventSynchronize(first), CUDA_SUCCESS);
+    unsigned long long t2 = now_ns();
+    CHECK(t2 >= t0 + 20 * MS && t2 <= t1 + 20 * MS + SLACK,
+          "cuEventSynchronize waits for the kernel before the event: %.1f ms",
+          (double)(t2 - t0) / 1e6);
+    CHECK_RC(cuEventQuery(first), CUDA_SUCCESS);
+    CHECK_RC(cuEventQuery(second), CUDA_ERROR_NOT_READY);
+
+    CHECK_RC(cuCtxSynchronize(), CUDA_SUCCESS);
+    unsigned long long t3 = now_ns();
+    CHECK(t3 >= until && t3 <= until + SLACK, "cuCtxSynchronize waits for the graph too: %.1f ms",
+          (double)(t3 - t0) / 1e6);
+    CHECK_RC(cuEventQuery(second), CUDA_SUCCESS);
+    CHECK_RC(cuCtxSynchronize(), CUDA_SUCCESS); /* drained: returns at once */
+    CHECK(now_ns() - t3 < SLACK, "cuCtxSynchronize on an idle device returns at once");
+
+    /* After idle time, work starts when it is launched, not where the
+     * timeline last ended. */
+    struct timespec idle = {0, 30 * MS};
+    nanosleep(&idle, NULL);
+    unsigned long long t4 = now_ns();
+    CHECK_RC(cuLaunchCooperativeKernel(FUNC, 1, 1, 1, 1, 1, 1, 0, NULL, NULL), CUDA_SUCCESS);
+    CHECK_RC(cuEventRecord(first, NULL), CUDA_SUCCESS); /* re-recording moves the event */
+    until = fake_cuda_busy_until(0);
+    CHECK(until >= t4 + 20 * MS && until <= now_ns() + 20 * MS,
+          "an idle device starts the next launch at once");
+    CHECK_RC(cuEventQuery(first), CUDA_ERROR_NOT_READY);
+    CHECK_EQ("busy time adds up", fake_cuda_busy_ns(0), 90 * MS);
+    CHECK_RC(cuLaunchKernel(NULL, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL), CUDA_ERROR_INVALID_VALUE);
+    CHECK_EQ("a failed launch takes no GPU time", fake_cuda_busy_ns(0), 90 * MS);
+    CHECK_RC(cuEventSynchronize(first), CUDA_SUCCESS);
+    CHECK(now_ns() >= until, "the re-recorded event completes with the new work");
+
+    CHECK_RC(cuEventDestroy_v2(first), CUDA_SUCCESS);
+    CHECK_RC(cuEventDestroy_v2(first), CUDA_ERROR_INVALID_HANDLE);
+    CHECK_RC(cuEventDestroy_v2(second), CUDA_SUCCESS);
+    CHECK_RC(cuEventDestroy_v2(never), CUDA_SUCCESS);
+}
+
+static void timeline_errors(void)
+{
+    CUevent ev;
+    CUstreamCaptureStatus capture = -1;
+    const char *name = NULL;
+    CHECK_RC(cuEventCreate(NULL, 0), CUDA_ERROR_INVALID_VALUE);
+    CHECK_RC(cuEventCreate(&ev, 0x100), CUDA_ERROR_INVALID_VALUE);
+    CHECK_RC(cuEventRecord(BOGUS_EVENT, NULL), CUDA_ERROR_INVALID_HANDLE);
+    CHECK_RC(cuEventRecord_ptsz(NULL, NULL), CUDA_ERROR_INVALID_HANDLE);
+    CHECK_RC(cuEventQuery(BOGUS_EVENT), CUDA_ERROR_INVALID_HANDLE);
+    CHECK_RC(cuEventSynchronize(BOGUS_EVENT), CUDA_ERROR_INVALID_HANDLE);
+    CHECK_RC(cuEventDestroy_v2(NULL), CUDA_ERROR_INVALID_HANDLE);
+    CHECK_RC(cuStreamIsCapturing(NULL, &capture), CUDA_SUCCESS);
+    CHECK_EQ("no stream is ever capturing", capture, CU_STREAM_CAPTURE_STATUS_NONE);
+    capture = -1;
+    CHECK_RC(cuStreamIsCapturing_ptsz(NULL, &capture), CUDA_SUCCESS);
+    CHECK_EQ("no stream is ever capturing (_ptsz)", capture, CU_STREAM_CAPTURE_STATUS_NONE);
+    CHECK_RC(cuStreamIsCapturing(NULL, NULL), CUDA_ERROR_INVALID_VALUE);
+    CHECK_RC(cuGetErrorName(CUDA_ERROR_NOT_READY, &name), CUDA_SUCCESS);
+    CHECK(name && strcmp(name, "CUDA_ERROR_NOT_READY") == 0, "error 600 is CUDA_ERROR_NOT_READY");
+}
+
+/* Each device has its own timeline; cuCtxSynchronize waits for the current
+ * context's device only. */
+static void timeline_second_device(CUcontext ctx0)
+{
+    make_primary_current(1);
+    unsigned long long before0 = fake_cuda_busy_ns(0), t0 = now_ns();
+    CHECK_RC(cuLaunchKernelEx(CONFIG, FUNC, NULL, NULL), CUDA_SUCCESS);
+    CHECK_RC(cuLaunchKernelEx_ptsz(CONFIG, FUNC, NULL, NULL), CUDA_SUCCESS);
+    CHECK_EQ("device 1's busy time", fake_cuda_busy_ns(1), 40 * MS);
+    CHECK_EQ("device 0's is untouched", fake_cuda_busy_ns(0), before0);
+    CHECK_RC(cuCtxSetCurrent(ctx0), CUDA_SUCCESS);
+    CHECK_RC(cuCtxSynchronize(), CUDA_SUCCESS);
+    CHECK(now_ns() - t0 < 40 * MS, "device 0's cuCtxSynchronize does not wait for device 1");
+    CUcontext ctx1 = NULL;
+    CHECK_RC(cuDevicePrimaryCtxRetain(&ctx1, 1), CUDA_SUCCESS);
+    CHECK_RC(cuCtxSetCurrent(ctx1), CUDA_SUCCESS);
+    CHECK_RC(cuCtxSynchronize(), CUDA_SUCCESS);
+    CHECK(now_ns() - t0 >= 40 * MS, "device 1's cuCtxSynchronize waits for both of its launches");
+    CUevent ev = NULL;
+    CHECK_RC(cuEventCreate(&ev, 0), CUDA_SUCCESS);
+    CHECK_RC(cuEventRecord(ev, NULL), CUDA_SUCCESS);
+    CHECK_RC(cuDevicePrimaryCtxRelease_v2(1), CUDA_SUCCESS);
+    CHECK_RC(cuEventQuery(ev), CUDA_SUCCESS); /* the context is still retained once */
+    CHECK_RC(cuDevicePrimaryCtxRelease_v2(1), CUDA_SUCCESS);
+    CHECK_RC(cuEventRecord(ev, NULL), CUDA_ERROR_INVALID_HANDLE); /* gone with its context */
+    CHECK_RC(cuEventDestroy_v2(ev), CUDA_ERROR_INVALID_HANDLE);
+    CHECK_RC(cuCtxSetCurrent(ctx0), CUDA_SUCCESS);
+}
+
+/* The timeline is per process: a forked child starts with an idle GPU. */
+static void timeline_fork(void)
+{
+    CHECK_RC(cuLaunchKernel(FUNC, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL), CUDA_SUCCESS);
+    unsigned long long parent = fake_cuda_busy_ns(0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int bad = fake_cuda_busy_ns(0) != 0; /* before its own cuInit */
+        bad |= cuInit(0) != CUDA_SUCCESS;
+        bad |= fake_cuda_busy_ns(0) != 0 || fake_cuda_busy_until(0) != 0;
+        CUcontext ctx = NULL;
+        bad |= cuDevicePrimaryCtxRetain(&ctx, 0) != CUDA_SUCCESS;
+        bad |= cuCtxSetCurrent(ctx) != CUDA_SUCCESS;
+        unsigned long long t0 = now_ns();
+        bad |= cuCtxSynchronize() != CUDA_SUCCESS;
+        bad |= now_ns() - t0 >= 20 * MS; /* the parent's work is not the child's */
+        bad |= cuLaunchKernel(FUNC, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL) != CUDA_SUCCESS;
+        bad |= fake_cuda_busy_ns(0) != 20 * MS;
+        _exit(bad);
+    }
+    CHECK_EQ("forked child: its own idle timeline", wait_for(pid), 0);
+    CHECK_EQ("the child's work is not the parent's", fake_cuda_busy_ns(0), parent);
+    CHECK_RC(cuCtxSynchronize(), CUDA_SUCCESS);
+}
+
+static void scenario_timeline(void)
+{
+    CHECK_EQ("nothing before cuInit", fake_cuda_busy_ns(0), 0);
+    CHECK_RC(cuInit(0), CUDA_SUCCESS);
+    CHECK_EQ("invalid device index", fake_cuda_busy_ns(FAKE_MAX_DEVICES), 0);
+    CHECK_EQ("invalid device index", fake_cuda_busy_until(-1), 0);
+    CUcontext ctx0 = make_primary_current(0);
+    CHECK_EQ("idle at start", fake_cuda_busy_ns(0), 0);
+    unsigned long long launches = fake_cuda_launch_count();
+    timeline_events_and_sync();
+    timeline_errors();
+    timeline_second_device(ctx0);
+    timeline_fork();
+    CHECK_EQ("launches are still counted", fake_cuda_launch_count() - launches, 6);
+    CHECK_RC(cuDevicePrimaryCtxRelease_v2(0), CUDA_SUCCESS);
+}
+
 /* ---- orchestration ------------------------------------------------------ */
 
 static int run_scenario(int argc, char **argv)
@@ -1129,6 +1328,8 @@ static int run_scenario(int argc, char **argv)
         scenario_shared();
     else if (strcmp(name, "race") == 0)
         scenario_race(arg1);
+    else if (strcmp(name, "timeline") == 0)
+        scenario_timeline();
     else if (strcmp(name, "race_child") == 0)
         scenario_race_child(arg1);
     else
@@ -1177,6 +1378,9 @@ int main(int argc, char **argv)
          {"FAKE_CUDA_DEVICE_COUNT=2", "FAKE_CUDA_DEVICE_MEMORY=4294967296",
           "FAKE_CUDA_CONTEXT_SIZE=64m", shared_env}},
         {"race", race_path, {NULL}},
+        {"timeline", NULL,
+         {"FAKE_CUDA_DEVICE_COUNT=2", "FAKE_CUDA_LAUNCH_NS=20000000",
+          "FAKE_CUDA_GRAPH_LAUNCH_NS=50000000"}},
     };
 #undef VIS
 
