@@ -1,0 +1,26 @@
+#!/bin/bash
+# Instant-power distribution of 4096^3 bf16 matmuls, natively and under force
+# caps. Usage: power_profile.sh OUTDIR [SECONDS] [CAPS...]
+set -u
+out=${1:?OUTDIR}; seconds=${2:-6}; shift 2 || true
+caps=${*:-10 30 70}
+here=$(dirname "$0"); mkdir -p "$out"
+lib=$(cd / && python3 -c 'import hami_kernel; print(hami_kernel.library_path())')
+run() {
+    local name=$1; shift
+    env "$@" python3 "$here/../workloads.py" "${SHAPE:-matmul}" --seconds "$seconds" --warmup-seconds 0.2 --json > "$out/$name.json" 2> "$out/$name.err" &
+    local w=$!
+    sleep 3
+    python3 "$here/instant_power.py" "$out/$name.power" & local s=$!
+    wait $w; kill $s; wait $s 2>/dev/null
+    python3 -c "
+import json,sys; r=json.loads(open('$out/$name.json').read().splitlines()[-1])
+print('$name', round(r['iterations']/sum(w[1]-w[0] for w in r['windows']),1), 'it/s;', open('$out/$name.power').read().strip())"
+}
+run native
+for c in $caps; do
+    d=$(mktemp -d)
+    run "force$c" LD_PRELOAD="$lib" CUDA_DEVICE_MEMORY_LIMIT=16g CUDA_DEVICE_SM_LIMIT=$c \
+        GPU_CORE_UTILIZATION_POLICY=force LIBCUDA_LOG_LEVEL=3 \
+        CUDA_DEVICE_MEMORY_SHARED_CACHE=$d/region LIBVGPU_ARBITER_DIR=$d
+done
