@@ -13,14 +13,14 @@ extern "C" __global__ void copy(const float4 *a, float4 *b, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         b[i] = a[i];
 }
-extern "C" __global__ void fma(float *out, int spin) {
+extern "C" __global__ void spin_fma(float *out, int spin) {
     float x = threadIdx.x, y = 1.0f;
     for (int i = 0; i < spin; ++i) { x = x * 0.9999f + y; y = y * 0.9999f + x; }
     out[blockIdx.x * blockDim.x + threadIdx.x] = x + y;
 }
 '''
 mod = cupy.RawModule(code=SRC)
-copy, fma = mod.get_function("copy"), mod.get_function("fma")
+copy, fma = mod.get_function("copy"), mod.get_function("spin_fma")
 sms = cupy.cuda.Device(0).attributes["MultiProcessorCount"]
 n = (1 << 30) // 16
 a, b = cupy.ones(n * 4, cupy.float32), cupy.empty(n * 4, cupy.float32)
