@@ -195,8 +195,24 @@ static void record_marker(struct device *d, CUstream stream, int per_thread)
         return;
     }
     cu_fn_cuEventRecord record = per_thread ? vgpu_real.cuEventRecord_ptsz : vgpu_real.cuEventRecord;
-    if (record && record(d->marker, stream) == CUDA_SUCCESS)
+    if (record && record(d->marker, stream) == CUDA_SUCCESS) {
         vgpu_pacer_marker_recorded(&d->pacer);
+        return;
+    }
+    /* The event belonged to a context that is gone (a device reset) or is
+     * not this launch's: make one here. Without markers a lone process under
+     * `default` could queue far more than a quantum, so say so if it fails. */
+    CUevent fresh = NULL;
+    if (record && vgpu_real.cuEventCreate(&fresh, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS &&
+        record(fresh, stream) == CUDA_SUCCESS) {
+        d->marker = fresh;
+        vgpu_pacer_marker_recorded(&d->pacer);
+        return;
+    }
+    if (fresh && vgpu_real.cuEventDestroy_v2)
+        vgpu_real.cuEventDestroy_v2(fresh);
+    d->marker_broken = 1;
+    VGPU_WARN("cannot record a CUDA event: turns will be bounded by time only");
 }
 
 CUresult vgpu_launch_enter(CUstream stream, int per_thread, struct vgpu_launch *l)

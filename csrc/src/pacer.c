@@ -28,6 +28,8 @@ void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, uint64_t p
  * is never banked. */
 static void accrue(struct vgpu_pacer *p, uint64_t now)
 {
+    if (p->credit_at == 0)
+        p->credit_at = now; /* the first look: the bucket starts empty, not a quantum full */
     if (now > p->credit_at)
         p->credit += (int64_t)((now - p->credit_at) * p->share / 100u);
     if (p->credit > (int64_t)p->quantum)
