@@ -376,23 +376,20 @@ def set_memory_limit(path: str | os.PathLike[str], uuid: str, nbytes: int | None
         os.close(fd)
 
 
-def set_process_memory_limit(path: str | os.PathLike[str], identity: str, uuid: str | None, nbytes: int | None) -> int:
-    """Caps every live process of ``identity`` on one GPU (or all when uuid is None).
-
-    None removes the per-process cap (the slice's limit still applies).
-    Returns how many process slots were changed.
-    """
-    value = 0 if nbytes is None else _checked_bytes(nbytes)
+def _set_process_values(path: str | os.PathLike[str], identity: str, uuid: str | None, offset: int,
+                        typecode: str, value: int) -> int:
+    """Stores one per-device value in every live slot of ``identity``; returns how many."""
     path = os.fspath(path)
     fd = _open(path, os.O_RDWR)
     changed = 0
+    width = struct.calcsize(typecode)
     try:
         with _map(path, fd, writable=True) as mm:
             if uuid is None:
                 entries = [entry for entry, *_ in _registered(mm)]
             else:
                 entries = [_entry_of(path, mm, uuid)]
-            with memoryview(mm) as view, view.cast("Q") as words:
+            with memoryview(mm) as view, view.cast(typecode) as words:
                 for slot in _live_slots(fd, mm):
                     base = PROCS_OFFSET + slot * PROC_SIZE
                     # Read from the live mapping, just before the stores, so
@@ -400,8 +397,30 @@ def set_process_memory_limit(path: str | os.PathLike[str], identity: str, uuid: 
                     if _identity(_PROC_HEAD.unpack_from(mm, base)[3]) != identity:
                         continue
                     for entry in entries:
-                        _store(words, base + _PROC_LIMIT + 8 * entry, value)
+                        # One aligned store, so C never sees half of a new value.
+                        words[(base + offset + width * entry) // width] = value
                     changed += 1
     finally:
         os.close(fd)
     return changed
+
+
+def set_process_memory_limit(path: str | os.PathLike[str], identity: str, uuid: str | None, nbytes: int | None) -> int:
+    """Caps every live process of ``identity`` on one GPU (or all when uuid is None).
+
+    None removes the per-process cap (the slice's limit still applies).
+    Returns how many process slots were changed.
+    """
+    value = 0 if nbytes is None else _checked_bytes(nbytes)
+    return _set_process_values(path, identity, uuid, _PROC_LIMIT, "Q", value)
+
+
+def set_process_sm_limit(path: str | os.PathLike[str], identity: str, uuid: str | None, percent: int | None) -> int:
+    """Caps the compute share of every live process of ``identity``, like
+    :func:`set_process_memory_limit`; libvgpu applies it from its next launch.
+
+    None removes the per-process cap (the slice's share still applies).
+    """
+    if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100):
+        raise ValueError(f"a compute share must be a whole percent from 1 to 100 (None for no cap), not {percent!r}")
+    return _set_process_values(path, identity, uuid, _PROC_SM_LIMIT, "I", 0 if percent in (None, 100) else percent)

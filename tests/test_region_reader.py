@@ -25,6 +25,7 @@ from hami_kernel.region import (
     read_region,
     set_memory_limit,
     set_process_memory_limit,
+    set_process_sm_limit,
 )
 
 MiB = 1 << 20
@@ -410,6 +411,25 @@ def test_set_process_memory_limit(tmp_path: Path) -> None:
             set_process_memory_limit(path, "k", None, 0)
         assert path.read_bytes() == after_one
 
+
+
+def test_set_process_sm_limit(tmp_path: Path) -> None:
+    path = make_region(tmp_path / "r", TWO_DEVICES, {0: proc(10, b"k"), 1: proc(11, b"other")})
+    with held(path, 0, 1):
+        assert set_process_sm_limit(path, "k", None, 20) == 1
+        shares = {(p.identity, d.uuid): d.sm_limit for p in read_region(path).processes for d in p.devices}
+        assert shares == {("k", UUID0_STR): 20, ("k", UUID1_STR): 20, ("other", UUID0_STR): None,
+                          ("other", UUID1_STR): None}
+        assert set_process_sm_limit(path, "k", UUID1_STR, None) == 1
+        assert [d.sm_limit for d in read_region(path).process("k")[0].devices] == [20, None]
+        # 100% is no cap, as libvgpu reads it; anything else outside 1..100 is refused untouched.
+        assert set_process_sm_limit(path, "k", UUID0_STR, 100) == 1
+        assert [d.sm_limit for d in read_region(path).process("k")[0].devices] == [None, None]
+        before = path.read_bytes()
+        for bad in (0, 101, -5, True, "20"):
+            with pytest.raises(ValueError):
+                set_process_sm_limit(path, "k", None, bad)  # type: ignore[arg-type]
+        assert path.read_bytes() == before
 
 # ---- regions written by the real libvgpu ------------------------------------------
 

@@ -236,3 +236,8 @@ int vgpu_arbiter_release(struct vgpu_arbiter *a, int me)
     uint64_t mine = (uint64_t)me + 1;
     return atomic_compare_exchange_strong(&a->holder, &mine, 0);
 }
+
+void vgpu_arbiter_set_share(struct vgpu_arbiter *a, int me, uint32_t share)
+{
+    atomic_store(&a->tenant[me].share, share);
+}

@@ -34,6 +34,9 @@ int vgpu_arbiter_try_acquire(struct vgpu_arbiter *a, int me, uint64_t now, uint6
 int vgpu_arbiter_contended(struct vgpu_arbiter *a, int me, uint64_t now);
 
 /* The holder has used the GPU for used_ns more: its pass advances. */
+/* A tenant's share changed while it runs (a kernel's sub-slice re-divided). */
+void vgpu_arbiter_set_share(struct vgpu_arbiter *a, int me, uint32_t share);
+
 void vgpu_arbiter_charge(struct vgpu_arbiter *a, int me, uint64_t used_ns, uint64_t now);
 
 void vgpu_arbiter_extend(struct vgpu_arbiter *a, int me, uint64_t now, uint64_t quantum);

@@ -16,7 +16,7 @@
 struct device {
     pthread_mutex_t lock; /* one launching thread at a time through the pacer */
     struct vgpu_pacer pacer;
-    int capped;
+    _Atomic int capped; /* set last by configure(), with release order */
     CUevent marker; /* recorded behind a launch when the pacer asks */
     int marker_broken;
     _Atomic uint64_t busy_ns; /* the pacer's, readable by the statistics thread */
@@ -47,7 +47,7 @@ void vgpu_limiter_device_active(int entry)
 
 uint64_t vgpu_limiter_launches(int entry) { return atomic_load_explicit(&g_launches[entry], memory_order_relaxed); }
 uint64_t vgpu_limiter_busy_ns(int entry) { return atomic_load_explicit(&g_device[entry].busy_ns, memory_order_relaxed); }
-int vgpu_limiter_capped(int entry) { return g_device[entry].capped; }
+int vgpu_limiter_capped(int entry) { return atomic_load_explicit(&g_device[entry].capped, memory_order_acquire); }
 
 uint32_t vgpu_limiter_sample_power(int entry, uint64_t now_ns)
 {
@@ -115,7 +115,7 @@ static void configure(int entry)
         d->power_aware = d->power.usable;
     }
     pthread_mutex_init(&d->lock, NULL);
-    d->capped = 1;
+    atomic_store_explicit(&d->capped, 1, memory_order_release);
     VGPU_DEBUG("compute share %u%% (%s) on device entry %d, quantum %llu us", share, force ? "force" : "default",
                entry, (unsigned long long)(d->pacer.quantum / 1000u));
 }
@@ -130,6 +130,17 @@ static struct device *device_of(int entry)
         }
         pthread_mutex_unlock(&g_configure_lock);
     }
+    return &g_device[entry];
+}
+
+/* A process that started with no cap is given one (its kernel's sub-slice
+ * was re-divided): it joins the GPU's arbiter now. */
+static struct device *capped_later(int entry)
+{
+    pthread_mutex_lock(&g_configure_lock);
+    if (!atomic_load(&g_device[entry].capped))
+        configure(entry);
+    pthread_mutex_unlock(&g_configure_lock);
     return &g_device[entry];
 }
 
@@ -228,9 +239,19 @@ CUresult vgpu_launch_enter(CUstream stream, int per_thread, struct vgpu_launch *
     }
     atomic_fetch_add_explicit(&g_launches[l->entry], 1, memory_order_relaxed);
     struct device *d = device_of(l->entry);
-    if (!d->capped)
-        return CUDA_SUCCESS;
+    /* Read at every launch (two loads from the mapped region): a kernel's
+     * sub-slice may be re-divided while it runs. */
+    uint32_t share = share_of(l->entry);
+    if (!atomic_load_explicit(&d->capped, memory_order_acquire)) {
+        if (share == 0 || !atomic_load_explicit(&capped_later(l->entry)->capped, memory_order_acquire))
+            return CUDA_SUCCESS;
+    }
     pthread_mutex_lock(&d->lock);
+    uint32_t now_share = share ? share : 100; /* a cap lifted: turns that never wait */
+    if (now_share != d->pacer.share) {
+        vgpu_pacer_set_share(&d->pacer, now_share, vgpu_config()->share_period_ns);
+        vgpu_arbiter_set_share(d->pacer.arb, d->pacer.me, now_share);
+    }
     l->paced = gate(d, stream, per_thread);
     if (!l->paced)
         pthread_mutex_unlock(&d->lock);

@@ -5,19 +5,24 @@
 #define MS 1000000ull
 #define US 1000ull
 
+void vgpu_pacer_set_share(struct vgpu_pacer *p, uint32_t share, uint64_t period)
+{
+    p->share = share;
+    /* Force: a period (20 ms by default) of which the share is the turn, so
+     * that even 10% is 25 turns in half a second. Default: 10 ms turns. */
+    p->quantum = p->force ? period * share / 100 : 10 * MS;
+    if (p->quantum < MS)
+        p->quantum = MS;
+}
+
 void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, uint64_t period, struct vgpu_arbiter *arb,
                      int me)
 {
     *p = (struct vgpu_pacer){0};
-    p->share = share;
     p->force = force;
     p->arb = arb;
     p->me = me;
-    /* Force: a 20 ms period of which the share is the turn, so that even 10%
-     * is 25 turns in half a second. Default: 10 ms turns. */
-    p->quantum = force ? period * share / 100 : 10 * MS;
-    if (p->quantum < MS)
-        p->quantum = MS;
+    vgpu_pacer_set_share(p, share, period);
     p->poll = 20 * US;
     p->marker = 1;
     p->marker_is_probe = 1;

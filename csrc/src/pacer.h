@@ -72,6 +72,10 @@ struct vgpu_pacer {
 void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, uint64_t period, struct vgpu_arbiter *arb,
                      int me);
 
+/* The share changed while running (percent, 1..100): takes effect from the
+ * next turn; credit already earned is kept. */
+void vgpu_pacer_set_share(struct vgpu_pacer *p, uint32_t share, uint64_t period);
+
 /* Force: from now on a turn costs its length times scale / 1024 (power.h);
  * 0 = not known yet. The first scale known is also owed for the turns
  * before it, so the share holds from the start; the debt is paid a quarter

@@ -442,7 +442,26 @@ static void case_force_power_headroom(void)
     g_power.boost = 1.0;
 }
 
+/* A sub-slice re-divided while the process runs: the new share holds from
+ * the next turns, in both directions. */
+static void case_share_changes_live(void)
+{
+    double native = native_rate(MATMUL);
+    struct tenant t;
+    setup(&t, fresh_arbiter(), MATMUL, 30, 1, 0, 20 * SEC);
+    t.stop = 10 * SEC;
+    simulate(&t, 1);
+    vgpu_pacer_set_share(&t.pacer, 60, 20 * MS);
+    t.stop = 20 * SEC;
+    t.phase = RUNNING;
+    simulate(&t, 1);
+    double before = share_over(&t, 1 * SEC, 10 * SEC, native), after = share_over(&t, 11 * SEC, 20 * SEC, native);
+    printf("30%% then 60%%: %.2f%% then %.2f%%\n", before, after);
+    CHECK(fabs(before - 30) <= 1.0 && fabs(after - 60) <= 1.0, "shares %.2f / %.2f", before, after);
+}
+
 static const struct test_case g_cases[] = {
+    {"share_changes_live", case_share_changes_live},
     {"power_scale", case_power_scale},
     {"force_power_headroom", case_force_power_headroom},
     {"clock_order", case_clock_order},
