@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["library_path", "LibraryNotFound"]
+__all__ = ["library_path", "LibraryNotFound", "load_ipython_extension", "unload_ipython_extension"]
 
 _LIBRARY_NAME = "libvgpu.so"
 
@@ -37,3 +37,15 @@ def library_path() -> Path:
             "reinstall hami-jupyter with 'pip install .' so the C library is built"
         )
     return path
+
+
+def load_ipython_extension(ipython):  # type: ignore[no-untyped-def]
+    """``%load_ext hami_kernel``: the %vgpu magic (imported here lazily, so
+    importing hami_kernel needs no IPython)."""
+    from .ipython import load_ipython_extension as load
+    load(ipython)
+
+
+def unload_ipython_extension(ipython):  # type: ignore[no-untyped-def]
+    from .ipython import unload_ipython_extension as unload
+    unload(ipython)
