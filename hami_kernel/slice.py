@@ -139,7 +139,7 @@ def parse_share(value: int | str) -> int:
     return share
 
 
-def _parse_env_cores(value: str, variable: str) -> int | None:
+def parse_env_cores(value: str, variable: str) -> int | None:
     """SM limit env: 0..100, where HAMi-core treats both 0 and 100 as no cap."""
     if not _UINT_RE.fullmatch(value) or int(value) > 100:
         raise ValueError(f"{variable}={value!r} is malformed: expected an integer "
@@ -169,7 +169,7 @@ def device_limits(env: Mapping[str, str], count: int) -> list[DeviceLimit]:
         mem, sm = env.get(mem_var), env.get(sm_var)
         limits.append(DeviceLimit(
             memory=parse_env_memory(mem, mem_var) if mem else None,
-            cores=_parse_env_cores(sm, sm_var) if sm else None))
+            cores=parse_env_cores(sm, sm_var) if sm else None))
     return limits
 
 

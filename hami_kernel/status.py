@@ -1,0 +1,591 @@
+"""What GPU slice this process is in, and whether libvgpu really enforces it.
+
+The ``%vgpu`` magic and its live view are thin shells around this module:
+:func:`gather` collects the slice's state (limits from the environment, usage
+from the shared region) into plain dataclasses, :func:`format_text` /
+:func:`format_html` / :func:`status_line` turn it into something to show, and
+:func:`check` diagnoses a kernel whose limits may not apply.
+
+Nothing here writes anything or makes a CUDA call: looking at the slice must
+never change it (a CUDA call would attach this process to the region).
+"""
+from __future__ import annotations
+
+import ctypes
+import html
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from .kernel_slice import IDENTITY_ENV, PROCESS_CORES_ENV, PROCESS_MEMORY_ENV, region_path
+from .region import MAX_DEVICES, RegionError, RegionSnapshot, read_region
+from .slice import CORES_ENV, MEMORY_ENV, parse_env_cores, format_memory, parse_env_memory
+
+__all__ = [
+    "EnvSetting",
+    "ConfiguredLimits",
+    "KernelUsage",
+    "DeviceStatus",
+    "SliceStatus",
+    "Finding",
+    "configured_limits",
+    "gather",
+    "format_text",
+    "format_html",
+    "status_line",
+    "check",
+    "verdict",
+    "format_check",
+    "describe_configured",
+    "memory_text",
+    "share_text",
+    "cap_text",
+    "no_devices_reason",
+    "short_identity",
+    "short_uuid",
+    "mapped_files",
+    "libvgpu_mappings",
+    "NO_REGION",
+    "NOT_LOADED",
+    "NOT_APPLIED",
+    "NO_DRIVER",
+    "UNMEASURED",
+]
+
+POLICY_ENV = "GPU_CORE_UTILIZATION_POLICY"
+POLICIES = ("default", "force", "disable")
+
+NO_REGION = "no GPU memory used yet in this slice: libvgpu creates the region at the first CUDA call"
+NOT_LOADED = ("libvgpu is not loaded in this kernel: start it from a GPU kernelspec "
+              "(hami-kernel install --name gpu-4g --memory 4GiB makes one; hami-kernel list shows them)")
+NOT_APPLIED = "libvgpu is not loaded in this process, so none of these limits apply (see %vgpu check)"
+UNMEASURED = "not measured: libvgpu times GPU work only under a compute cap"
+NO_DRIVER = "no NVIDIA GPU visible (nvidia-smi / libcuda.so.1 not found)"
+
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
+# ---- limits configured in the environment ------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvSetting:
+    """One limit variable as libvgpu will read it."""
+
+    variable: str  # e.g. "CUDA_DEVICE_MEMORY_LIMIT_1"
+    ordinal: int | None  # CUDA device ordinal it applies to; None = every device
+    value: int | None  # bytes or percent; None = no cap ("0"/"100" for a share)
+
+
+@dataclass(frozen=True)
+class ConfiguredLimits:
+    """The limits this process's environment asks libvgpu for.
+
+    They are what libvgpu starts with; once the region exists its values win
+    (the slice may have been resized, a kernel re-divided with ``%vgpu set``).
+    """
+
+    slice_memory: tuple[EnvSetting, ...]
+    slice_cores: tuple[EnvSetting, ...]
+    kernel_memory: tuple[EnvSetting, ...]
+    kernel_cores: tuple[EnvSetting, ...]
+    policy: str
+    malformed: tuple[tuple[str, str], ...] = ()  # (variable family, message) per malformed variable
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return tuple(message for _, message in self.malformed)
+
+
+_BROKEN = "libvgpu refuses every CUDA call until it is fixed"
+
+
+def _percent(value: int) -> str:
+    return f"{value}%"
+
+
+# field, variable family, reader, label, shown for "no cap", how a value is shown.
+# parse_env_memory is the C library's strict syntax, so we never accept what it refuses;
+# parse_env_cores reads percents the same way (0 and 100 both mean no cap).
+_FAMILIES: tuple[tuple[str, str, Callable[[str, str], int | None], str, str, Callable[[int], str]], ...] = (
+    ("slice_memory", MEMORY_ENV, parse_env_memory, "slice VRAM", "no limit", format_memory),
+    ("slice_cores", CORES_ENV, parse_env_cores, "slice compute", "no cap", _percent),
+    ("kernel_memory", PROCESS_MEMORY_ENV, parse_env_memory, "this kernel's VRAM cap", "none (the slice's)",
+     format_memory),
+    ("kernel_cores", PROCESS_CORES_ENV, parse_env_cores, "this kernel's compute cap", "none (the slice's)",
+     _percent),
+)
+
+
+def configured_limits(env: Mapping[str, str]) -> ConfiguredLimits:
+    malformed: list[tuple[str, str]] = []
+    fields: dict[str, tuple[EnvSetting, ...]] = {}
+    for field_name, family, parse, *_ in _FAMILIES:
+        found = []
+        # NAME and NAME_0..NAME_15 (one per device entry of the region), as
+        # libvgpu's config reads them; empty counts as unset.
+        for variable, ordinal in [(family, None)] + [(f"{family}_{i}", i) for i in range(MAX_DEVICES)]:
+            raw = env.get(variable)
+            if not raw:
+                continue
+            try:
+                found.append(EnvSetting(variable, ordinal, parse(raw, variable)))
+            except ValueError as exc:
+                malformed.append((family, f"{exc}; {_BROKEN}"))
+        fields[field_name] = tuple(found)
+    policy = (env.get(POLICY_ENV) or "default").lower()
+    if policy not in POLICIES:
+        malformed.append((POLICY_ENV, f"{POLICY_ENV}={env.get(POLICY_ENV)!r} is malformed: expected default, "
+                                      f"force or disable; {_BROKEN}"))
+    return ConfiguredLimits(policy=policy, malformed=tuple(malformed), **fields)
+
+
+def _describe_settings(settings: tuple[EnvSetting, ...], show: Callable[[int], str], none: str) -> str:
+    """'1 GiB per GPU, device 1: 2 GiB' from the bare variable and its overrides."""
+    if not settings:
+        return none
+    parts = []
+    for s in settings:
+        if s.ordinal is not None:
+            parts.append(f"device {s.ordinal}: {none if s.value is None else show(s.value)}")
+        else:
+            parts.append(none if s.value is None else f"{show(s.value)} per GPU")
+    return ", ".join(parts)
+
+
+def describe_configured(limits: ConfiguredLimits) -> list[tuple[str, str, bool]]:
+    """(what, value, well-formed) rows, in the order a user reads them."""
+    broken = {family for family, _ in limits.malformed}
+    rows = []
+    for field_name, family, _parse, label, none, show in _FAMILIES:
+        if family in broken:
+            rows.append((label, f"malformed {family}", False))
+        else:
+            rows.append((label, _describe_settings(getattr(limits, field_name), show, none), True))
+    rows.append(("policy", f"malformed {POLICY_ENV}" if POLICY_ENV in broken else limits.policy,
+                 POLICY_ENV not in broken))
+    return rows
+
+
+# ---- the slice as the region shows it -----------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelUsage:
+    """One process of the slice on one GPU (or, for ``own``, all of this kernel's)."""
+
+    identity: str
+    pid: int
+    memory_used: int
+    memory_limit: int | None  # its own cap; None = only the slice's
+    sm_share: float | None  # 0..1 of the GPU over the last second; None = not measured (no cap)
+    sm_limit: int | None  # percent; None = only the slice's
+    launches: int
+    mine: bool  # a process of this kernel
+    processes: int = 1  # >1 when this kernel's child processes use the GPU too
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    uuid: str
+    memory_limit: int | None  # the whole slice's; None = unlimited
+    memory_used: int  # by every live process of the slice
+    sm_limit: int | None  # the slice's compute share, percent
+    own: KernelUsage | None  # None: this kernel has not used the GPU yet
+    kernels: tuple[KernelUsage, ...]
+
+    @property
+    def memory_free(self) -> int | None:
+        if self.memory_limit is None:
+            return None
+        return max(self.memory_limit - self.memory_used, 0)
+
+    @property
+    def own_memory_cap(self) -> int | None:
+        """What this kernel may hold at most: its cap, never more than the slice."""
+        caps = [c for c in (self.own.memory_limit if self.own else None, self.memory_limit) if c is not None]
+        return min(caps, default=None)
+
+    @property
+    def own_sm_cap(self) -> int | None:
+        caps = [c for c in (self.own.sm_limit if self.own else None, self.sm_limit) if c is not None]
+        return min(caps, default=None)
+
+
+@dataclass(frozen=True)
+class SliceStatus:
+    identity: str | None  # LIBVGPU_IDENTITY of this kernel
+    pid: int
+    loaded: bool  # libvgpu is mapped into this process
+    configured: ConfiguredLimits
+    region_path: str
+    region_missing: bool  # no CUDA call made yet anywhere in the slice
+    region_error: str | None  # the region exists but cannot be read
+    devices: tuple[DeviceStatus, ...] = ()
+    taken_at: float = field(default_factory=time.time)
+
+    @property
+    def policy(self) -> str:
+        return self.configured.policy
+
+
+def mapped_files(maps_path: str = "/proc/self/maps") -> list[str]:
+    """Paths of the files mapped into this process, from the kernel's own record."""
+    try:
+        with open(maps_path, encoding="utf-8", errors="replace") as maps:
+            return sorted({parts[5].strip() for line in maps if len(parts := line.split(maxsplit=5)) == 6})
+    except OSError:
+        return []
+
+
+def libvgpu_mappings(maps_path: str = "/proc/self/maps") -> list[str]:
+    """Paths of libvgpu files mapped into this process (empty when it is not loaded)."""
+    return [p for p in mapped_files(maps_path) if os.path.basename(p).startswith("libvgpu")]
+
+
+def _own_usage(usages: list[KernelUsage], pid: int) -> KernelUsage | None:
+    """This kernel's processes on one GPU as one: usage summed, caps from this process.
+
+    Child processes inherit LIBVGPU_IDENTITY, so a kernel may be several
+    processes; ``%vgpu set`` caps each of them the same, so one's caps stand
+    for all.
+    """
+    if not usages:
+        return None
+    lead = next((u for u in usages if u.pid == pid), usages[0])
+    shares = [u.sm_share for u in usages]
+    return KernelUsage(
+        identity=lead.identity, pid=lead.pid,
+        memory_used=sum(u.memory_used for u in usages), memory_limit=lead.memory_limit,
+        sm_share=None if all(m is None for m in shares) else sum(m or 0.0 for m in shares), sm_limit=lead.sm_limit,
+        launches=sum(u.launches for u in usages), mine=True, processes=len(usages))
+
+
+def _devices(snapshot: RegionSnapshot, identity: str | None, pid: int, policy: str) -> tuple[DeviceStatus, ...]:
+    def is_mine(proc_identity: str, proc_pid: int) -> bool:
+        # Without an identity (a plain LD_PRELOAD run) the pid is all there is.
+        return proc_identity == identity if identity else proc_pid == pid
+
+    def measured(slice_cap: int | None, own_cap: int | None) -> bool:
+        # libvgpu times a process's GPU work only while it paces it, i.e. under
+        # a compute cap; an uncapped process's 0 means "not measured", not idle.
+        # The kernels of one server share its policy, so ours stands for theirs.
+        return policy != "disable" and (slice_cap is not None or own_cap is not None)
+
+    devices = []
+    for dev in snapshot.devices:
+        kernels = []
+        for proc in snapshot.processes:
+            use = next((d for d in proc.devices if d.uuid == dev.uuid), None)
+            if use is None:
+                continue
+            kernels.append(KernelUsage(
+                identity=proc.identity, pid=proc.pid, memory_used=use.memory_used,
+                memory_limit=use.memory_limit, sm_limit=use.sm_limit,
+                sm_share=use.sm_share if measured(dev.sm_limit, use.sm_limit) else None,
+                launches=use.launches, mine=is_mine(proc.identity, proc.pid)))
+        devices.append(DeviceStatus(
+            uuid=dev.uuid, memory_limit=dev.memory_limit, memory_used=dev.memory_used,
+            sm_limit=dev.sm_limit, own=_own_usage([k for k in kernels if k.mine], pid),
+            kernels=tuple(kernels)))
+    return tuple(devices)
+
+
+def gather(env: Mapping[str, str] | None = None, *, pid: int | None = None,
+           snapshot: RegionSnapshot | None = None) -> SliceStatus:
+    """The slice of this process now; ``snapshot`` replaces reading the region."""
+    env = os.environ if env is None else env
+    pid = os.getpid() if pid is None else pid
+    identity = env.get(IDENTITY_ENV) or None
+    configured = configured_limits(env)
+    path = region_path(env)
+    missing, error = False, None
+    if snapshot is None:
+        try:
+            snapshot = read_region(path)
+        except RegionError as exc:
+            # A missing file is the normal state before the first CUDA call, not an error.
+            missing = not os.path.lexists(path)
+            error = None if missing else str(exc)
+    return SliceStatus(
+        identity=identity, pid=pid, loaded=bool(libvgpu_mappings()), configured=configured,
+        region_path=snapshot.path if snapshot else path, region_missing=missing, region_error=error,
+        devices=_devices(snapshot, identity, pid, configured.policy) if snapshot else ())
+
+
+# ---- showing it --------------------------------------------------------------------
+
+
+def short_identity(identity: str) -> str:
+    """A kernel id as Jupyter shows it (first 8 hex digits); other names up to 16 characters."""
+    if not identity:
+        return "(none)"
+    if _UUID_RE.fullmatch(identity):
+        return identity[:8]
+    return identity if len(identity) <= 16 else identity[:15] + "…"
+
+
+def short_uuid(uuid: str) -> str:
+    """'GPU-face0000' for 'GPU-face0000-1020-...': enough to tell a machine's GPUs apart."""
+    return "-".join(uuid.split("-")[:2])
+
+
+def memory_text(nbytes: int | None, none: str = "no limit") -> str:
+    if nbytes is None:
+        return none
+    return "0 B" if nbytes == 0 else format_memory(nbytes)
+
+
+def share_text(share: float | None) -> str:
+    return "n/a" if share is None else f"{share * 100:.1f}%"
+
+
+def cap_text(percent: int | None, none: str = "none") -> str:
+    return none if percent is None else f"{percent}%"
+
+
+def _who(status: SliceStatus) -> str:
+    name = f"kernel {short_identity(status.identity)}" if status.identity else "this process"
+    return f"{name} (pid {status.pid})"
+
+
+def _policy_note(policy: str) -> str:
+    return {"disable": " (compute caps are off)", "force": " (compute caps are strict)"}.get(policy, "")
+
+
+def no_devices_reason(status: SliceStatus) -> str:
+    if status.region_missing:
+        return NO_REGION
+    if status.region_error:
+        return f"region unreadable: {status.region_error}"
+    return "no GPU registered in the slice yet: libvgpu registers them at the first CUDA call"
+
+
+def _device_lines(dev: DeviceStatus, policy: str) -> list[str]:
+    lines = [f"{short_uuid(dev.uuid)}  ({dev.uuid})"]
+    if dev.memory_limit is None:
+        lines.append(f"  VRAM     slice: no limit, {memory_text(dev.memory_used)} used")
+    else:
+        over = " (over the limit, which was lowered: allocations fail until memory is freed)" \
+            if dev.memory_used > dev.memory_limit else ""
+        lines.append(f"  VRAM     slice {memory_text(dev.memory_limit)}: {memory_text(dev.memory_used)} used, "
+                     f"{memory_text(dev.memory_free)} free{over}")
+    own = dev.own
+    if own is None:
+        lines.append("           this kernel: nothing yet (it has not used this GPU)")
+    else:
+        procs = f" in {own.processes} processes" if own.processes > 1 else ""
+        # A cap is per process, so only a single process can be said to be over it.
+        over = " (over its cap: its allocations fail until it frees memory)" \
+            if own.processes == 1 and own.memory_limit is not None and own.memory_used > own.memory_limit else ""
+        lines.append(f"           this kernel: {memory_text(own.memory_used)} used{procs}, "
+                     f"cap {memory_text(own.memory_limit, 'none (the slice)')}{over}")
+    lines.append(f"  compute  slice cap {cap_text(dev.sm_limit)}, this kernel's cap "
+                 f"{cap_text(own.sm_limit if own else None, 'none')}, policy {policy}{_policy_note(policy)}")
+    if own is not None and own.sm_share is not None:
+        lines.append(f"           this kernel used {share_text(own.sm_share)} of the GPU over the last second")
+    elif own is not None:
+        lines.append(f"           this kernel's use is {UNMEASURED}")
+    lines.append(_kernel_table(dev.kernels))
+    return lines
+
+
+def _kernel_table(kernels: tuple[KernelUsage, ...]) -> str:
+    head = ("kernel", "pid", "VRAM", "compute", "launches")
+    rows = [(short_identity(k.identity) + ("*" if k.mine else ""), str(k.pid), memory_text(k.memory_used),
+             share_text(k.sm_share), str(k.launches)) for k in kernels]
+    if not rows:
+        return "  kernels  none running on this GPU"
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    body = [fmt.format(*head)] + [fmt.format(*r) for r in rows]
+    return "\n".join(("  kernels  " if i == 0 else "           ") + line for i, line in enumerate(body))
+
+
+def format_text(status: SliceStatus) -> str:
+    """The full status as plain text (terminal IPython, and the notebook's text/plain)."""
+    lines = [f"vgpu: {_who(status)}; region {status.region_path}"]
+    if not status.loaded:
+        lines.append("warning: " + NOT_APPLIED)
+    if not status.devices:
+        lines.append(no_devices_reason(status))
+        lines.append("configured limits (from the environment):")
+        lines += [f"  {what}: {value}" for what, value, _ in describe_configured(status.configured)]
+        lines += [f"  problem: {p}" for p in status.configured.problems]
+        return "\n".join(lines)
+    for dev in status.devices:
+        lines += _device_lines(dev, status.policy)
+    notes = []
+    if any(k.mine for d in status.devices for k in d.kernels):
+        notes.append("* = this kernel")
+    notes.append("compute = share of the GPU over the last second")
+    if any(k.sm_share is None for d in status.devices for k in d.kernels):
+        notes.append(f"n/a = {UNMEASURED}")
+    lines.append("; ".join(notes))
+    return "\n".join(lines)
+
+
+def _h(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _html_kernels(kernels: tuple[KernelUsage, ...]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("kernel", "pid", "VRAM", "compute (last s)", "launches"))
+    bold, mark = ' style="font-weight:bold"', " (this kernel)"
+    rows = "".join(
+        f"<tr{bold if k.mine else ''}>"
+        f"<td title='{_h(k.identity)}'>{_h(short_identity(k.identity))}{mark if k.mine else ''}</td>"
+        f"<td>{k.pid}</td><td>{_h(memory_text(k.memory_used))}</td><td>{_h(share_text(k.sm_share))}</td>"
+        f"<td>{k.launches}</td></tr>" for k in kernels)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _html_rows(rows: list[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th style='text-align:left'>{_h(what)}</th><td>{_h(value)}</td></tr>" for what, value in rows)
+    return f"<table>{body}</table>"
+
+
+def format_html(status: SliceStatus) -> str:
+    """The same content as :func:`format_text`, as tables for a notebook."""
+    parts = [f"<div class='hami-vgpu'><p><b>vgpu</b>: {_h(_who(status))}; "
+             f"region <code>{_h(status.region_path)}</code></p>"]
+    if not status.loaded:
+        parts.append(f"<p style='color:#b00'><b>warning</b>: {_h(NOT_APPLIED)}</p>")
+    if not status.devices:
+        limits = _html_rows([(what, value) for what, value, _ in describe_configured(status.configured)])
+        problems = "".join(f"<li>{_h(p)}</li>" for p in status.configured.problems)
+        parts.append(f"<p>{_h(no_devices_reason(status))}</p><p>configured limits (from the environment):</p>"
+                     f"{limits}" + (f"<ul>{problems}</ul>" if problems else ""))
+    for dev in status.devices:
+        own = dev.own
+        rows: list[tuple[str, str]] = [
+            ("VRAM, slice", f"{memory_text(dev.memory_used)} used of {memory_text(dev.memory_limit)}"
+             + ("" if dev.memory_free is None else f", {memory_text(dev.memory_free)} free")),
+            ("VRAM, this kernel", "nothing yet" if own is None else
+             f"{memory_text(own.memory_used)} used, cap {memory_text(own.memory_limit, 'none (the slice)')}"),
+            ("compute, slice cap", f"{cap_text(dev.sm_limit)}; policy {status.policy}{_policy_note(status.policy)}"),
+            ("compute, this kernel", "nothing yet" if own is None else
+             (UNMEASURED if own.sm_share is None else f"{share_text(own.sm_share)} of the GPU in the last second")
+             + f"; cap {cap_text(own.sm_limit)}"),
+        ]
+        parts.append(f"<h4 title='{_h(dev.uuid)}'>{_h(short_uuid(dev.uuid))}</h4>{_html_rows(rows)}"
+                     + _html_kernels(dev.kernels))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def status_line(status: SliceStatus) -> str:
+    """One line per refresh, for ``%vgpu watch`` where no widgets can be shown."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(status.taken_at))
+    if not status.devices:
+        return f"{stamp} {no_devices_reason(status)}"
+    parts = []
+    for dev in status.devices:
+        mine = dev.own.memory_used if dev.own else 0
+        share = dev.own.sm_share if dev.own else None
+        parts.append(f"{short_uuid(dev.uuid)} VRAM kernel {memory_text(mine)} (cap {memory_text(dev.own_memory_cap)}), "
+                     f"slice {memory_text(dev.memory_used)} of {memory_text(dev.memory_limit)}; "
+                     f"compute {share_text(share)} (cap {cap_text(dev.own_sm_cap)})")
+    return f"{stamp} " + " | ".join(parts)
+
+
+# ---- %vgpu check ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'ok' if self.ok else 'problem'}: {self.message}"
+
+
+def _preloaded(env: Mapping[str, str]) -> list[str]:
+    # ld.so splits LD_PRELOAD on spaces and colons.
+    return [p for p in re.split(r"[ :]+", env.get("LD_PRELOAD", "")) if os.path.basename(p).startswith("libvgpu")]
+
+
+def _library_findings(env: Mapping[str, str], maps_path: str) -> list[Finding]:
+    mapped, preloaded = libvgpu_mappings(maps_path), _preloaded(env)
+    findings = [Finding(True, f"libvgpu is loaded in this process ({', '.join(mapped)})") if mapped
+                else Finding(False, NOT_LOADED)]
+    if preloaded and mapped:
+        findings.append(Finding(True, f"LD_PRELOAD names it ({' '.join(preloaded)})"))
+    elif preloaded:
+        findings.append(Finding(False, f"LD_PRELOAD names {' '.join(preloaded)} but it was not loaded "
+                                       "(a missing file or another architecture: the loader skips it)"))
+    elif mapped:
+        findings.append(Finding(False, "libvgpu was loaded without LD_PRELOAD, after the program started: "
+                                       "CUDA libraries loaded before it bypass it"))
+    else:
+        findings.append(Finding(False, "LD_PRELOAD does not name libvgpu.so"))
+    return findings
+
+
+def _limit_findings(env: Mapping[str, str]) -> list[Finding]:
+    limits = configured_limits(env)
+    # A malformed family gets its problem line instead of an ok line.
+    findings = [Finding(True, f"{what}: {value}") for what, value, well_formed in describe_configured(limits)
+                if well_formed]
+    return findings + [Finding(False, p) for p in limits.problems]
+
+
+def _driver_finding() -> Finding:
+    """Is the NVIDIA driver library loadable?  Loading it makes no CUDA call."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return Finding(False, NO_DRIVER)
+    where = [p for p in mapped_files() if os.path.basename(p).startswith("libcuda.so")]
+    return Finding(True, f"NVIDIA driver library found ({where[0] if where else 'libcuda.so.1'})")
+
+
+def _region_findings(env: Mapping[str, str]) -> list[Finding]:
+    path = region_path(env)
+    try:
+        snap = read_region(path)
+    except RegionError as exc:
+        if not os.path.lexists(path):
+            return [Finding(True, f"no region yet at {path}: libvgpu creates it at the first CUDA call")]
+        return [Finding(False, f"region unreadable: {exc}")]
+    findings = [Finding(True, f"region {path} readable (layout version {snap.version}, "
+                              f"{len(snap.devices)} GPU(s), {len(snap.processes)} live process(es))")]
+    identity = env.get(IDENTITY_ENV)
+    mine = snap.process(identity) if identity else [p for p in snap.processes if p.pid == os.getpid()]
+    if mine:
+        findings.append(Finding(True, f"this kernel is accounted in the region (slot "
+                                      f"{', '.join(str(p.slot) for p in mine)})"))
+    else:
+        findings.append(Finding(True, "this kernel is not in the region yet: it joins at its first CUDA call"))
+    return findings
+
+
+def check(env: Mapping[str, str] | None = None, *, maps_path: str = "/proc/self/maps") -> list[Finding]:
+    """Is libvgpu active in this process, with which limits?  The first finding is whether it is loaded."""
+    env = os.environ if env is None else env
+    findings = _library_findings(env, maps_path)
+    findings += _limit_findings(env)
+    identity = env.get(IDENTITY_ENV)
+    findings.append(Finding(True, f"identity in the slice: {identity}" if identity else
+                            "no LIBVGPU_IDENTITY: this process is found in the region by its pid, "
+                            "and %vgpu set cannot address it"))
+    findings.append(_driver_finding())
+    findings += _region_findings(env)
+    return findings
+
+
+def verdict(findings: list[Finding]) -> str:
+    problems = [f for f in findings if not f.ok]
+    if findings and not findings[0].ok:
+        return "verdict: NOT limited: libvgpu is not active in this kernel, so nothing limits its GPU use"
+    if problems:
+        return (f"verdict: libvgpu is loaded but {len(problems)} problem(s) need fixing; "
+                f"start with: {problems[0].message}")
+    return "verdict: libvgpu is active: this kernel's GPU use is limited as listed above"
+
+
+def format_check(findings: list[Finding]) -> str:
+    return "\n".join([str(f) for f in findings] + [verdict(findings)])
