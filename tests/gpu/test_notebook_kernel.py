@@ -67,7 +67,7 @@ def test_notebook_on_a_4g_kernel_in_an_8g_server(tmp_path: Path, monkeypatch: py
     print(results)
     assert results["total"] == 4 * GiB  # torch sees the kernel's 4 GiB, not the server's 8
     assert results["oom"] is True, "a 2 GiB tensor on top of 3 GiB must not fit in 4 GiB"
-    smi = results["smi_mib"][results["pid"]] * MiB
+    smi = results["smi_mib"][str(results["pid"])] * MiB  # JSON keys are strings
     used = results["region_used"]
     # The region charges exactly what the driver holds for the process:
     # allocations plus its measured context (NVML rounds to MiB).
