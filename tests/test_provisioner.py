@@ -104,6 +104,21 @@ class Kernel:
         assert data["status"] == "ok", data
         return eval(data["data"]["text/plain"])  # reprs of plain values
 
+    def output(self, code: str) -> str:
+        """What the cell prints (streams and text results)."""
+        parts: list[str] = []
+
+        def hook(msg: dict) -> None:
+            content = msg["content"]
+            if msg["msg_type"] == "stream":
+                parts.append(content["text"])
+            elif msg["msg_type"] in ("execute_result", "display_data"):
+                parts.append(content["data"].get("text/plain", ""))
+            elif msg["msg_type"] == "error":
+                parts.append("\n".join(content["traceback"]))
+        self.kc.execute_interactive(code, timeout=60, output_hook=hook)
+        return "".join(parts)
+
     def run(self, code: str, result: str) -> object:
         return self.eval(f"{code}\n_result = {result}")
 
@@ -200,3 +215,26 @@ def test_bad_kernelspec_config_is_refused(server: dict[str, str]) -> None:
     with pytest.raises(SubSliceError, match="4GB"):
         km.start_kernel()
     assert not km.has_kernel
+
+
+def test_vgpu_magic_in_a_provisioned_kernel(server: dict[str, str]) -> None:
+    install_spec("gpu-256m", {"memory": "256MiB", "cores": 25})
+    kernel = Kernel("gpu-256m")
+    try:
+        assert kernel.run(ALLOCATOR, "alloc(100)") == 0
+        status = kernel.output("%vgpu")
+        assert f"kernel {kernel.km.kernel_id[:8]}" in status
+        assert "slice 1 GiB" in status and "cap 256 MiB" in status
+        check = kernel.output("%vgpu check")
+        assert "problem:" not in check, check
+        assert "verdict: libvgpu is active" in check
+        assert "this kernel's VRAM cap: 256 MiB" in check
+        changed = kernel.output("%vgpu set memory=512MiB cores=40")
+        assert "512 MiB" in changed and "40%" in changed, changed
+        assert kernel.run("", "alloc(300)") == 0  # beyond the old 256 MiB, within the new 512
+        mine = read_region(server["CUDA_DEVICE_MEMORY_SHARED_CACHE"]).process(kernel.km.kernel_id)[0]
+        assert (mine.devices[0].memory_limit, mine.devices[0].sm_limit) == (512 * MiB, 40)
+        refused = kernel.output("%vgpu set memory=4GiB")
+        assert "has only 1 GiB" in refused and "Traceback" not in refused, refused
+    finally:
+        kernel.stop()
