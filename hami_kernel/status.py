@@ -268,12 +268,6 @@ def _devices(snapshot: RegionSnapshot, identity: str | None, pid: int, policy: s
         # Without an identity (a plain LD_PRELOAD run) the pid is all there is.
         return proc_identity == identity if identity else proc_pid == pid
 
-    def measured(slice_cap: int | None, own_cap: int | None) -> bool:
-        # libvgpu times a process's GPU work only while it paces it, i.e. under
-        # a compute cap; an uncapped process's 0 means "not measured", not idle.
-        # The kernels of one server share its policy, so ours stands for theirs.
-        return policy != "disable" and (slice_cap is not None or own_cap is not None)
-
     devices = []
     for dev in snapshot.devices:
         kernels = []
@@ -284,7 +278,9 @@ def _devices(snapshot: RegionSnapshot, identity: str | None, pid: int, policy: s
             kernels.append(KernelUsage(
                 identity=proc.identity, pid=proc.pid, memory_used=use.memory_used,
                 memory_limit=use.memory_limit, sm_limit=use.sm_limit,
-                sm_share=use.sm_share if measured(dev.sm_limit, use.sm_limit) else None,
+                # Every share in the region is measured: by the pacer under a cap,
+                # from NVML's per-process utilization otherwise.
+                sm_share=use.sm_share,
                 launches=use.launches, mine=is_mine(proc.identity, proc.pid)))
         devices.append(DeviceStatus(
             uuid=dev.uuid, memory_limit=dev.memory_limit, memory_used=dev.memory_used,

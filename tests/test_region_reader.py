@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -521,3 +522,38 @@ def test_a_new_limit_binds_the_next_process(runner: Runner) -> None:
         assert read_region(runner.region).device(UUID0_STR).memory_limit == 256 * MiB
     finally:
         release(first)
+
+
+def wait_for_share(runner: Runner, identity: str) -> list[float]:
+    """The process's compute shares once the statistics thread has refreshed them twice."""
+    deadline = time.monotonic() + 10
+    first = None
+    while time.monotonic() < deadline:
+        (p,) = read_region(runner.region).process(identity)
+        if p.updated_at is not None:
+            first = first or p.updated_at
+            if p.updated_at > first:
+                return [d.sm_share for d in p.devices]
+        time.sleep(0.1)
+    pytest.fail("the statistics thread never refreshed the slot")
+
+
+def test_uncapped_process_share_comes_from_nvml(runner: Runner) -> None:
+    # The pacer times only capped processes; for the others NVML's
+    # per-process SM utilization is the share.
+    child = hold(runner, "free", 10, FAKE_NVML_SM_UTIL="37")
+    try:
+        assert wait_for_share(runner, "free") == [pytest.approx(0.37), pytest.approx(0.37)]
+    finally:
+        release(child)
+
+
+def test_capped_process_share_is_the_pacers(runner: Runner, tmp_path: Path) -> None:
+    # Its cap engages at its first launch; after that the pacer's own timing
+    # is the share (here: one instant launch, then nothing), not NVML's 37%.
+    child = hold(runner, "capped", 10, FAKE_NVML_SM_UTIL="37", CUDA_DEVICE_SM_LIMIT="30", VGPU_TEST_LAUNCHES="1",
+                 GPU_CORE_UTILIZATION_POLICY="force", LIBVGPU_ARBITER_DIR=str(tmp_path))
+    try:
+        assert all(share < 0.05 for share in wait_for_share(runner, "capped"))
+    finally:
+        release(child)

@@ -185,6 +185,15 @@ typedef struct nvmlProcessInfo_st {
     unsigned int computeInstanceId;
 } nvmlProcessInfo_t;
 
+typedef struct nvmlProcessUtilizationSample_st {
+    unsigned int pid;
+    unsigned long long timeStamp; /* CPU time of the sample, microseconds */
+    unsigned int smUtil;          /* percent of the period the process had SMs busy */
+    unsigned int memUtil;
+    unsigned int encUtil;
+    unsigned int decUtil;
+} nvmlProcessUtilizationSample_t;
+
 #define NVML_DEVICE_UUID_V2_BUFFER_SIZE 96
 
 /* ---- Prototypes --------------------------------------------------------- */
@@ -329,7 +338,11 @@ typedef struct nvmlProcessInfo_st {
     X(nvmlDeviceGetTotalEnergyConsumption, (nvmlDevice_t device, unsigned long long *mj),  \
       (device, mj))                                                                        \
     X(nvmlDeviceGetEnforcedPowerLimit, (nvmlDevice_t device, unsigned int *mw), (device, mw)) \
-    X(nvmlDeviceGetPowerUsage, (nvmlDevice_t device, unsigned int *mw), (device, mw))
+    X(nvmlDeviceGetPowerUsage, (nvmlDevice_t device, unsigned int *mw), (device, mw))   \
+    X(nvmlDeviceGetProcessUtilization,                                                     \
+      (nvmlDevice_t device, nvmlProcessUtilizationSample_t *samples, unsigned int *count,  \
+       unsigned long long last_seen_us),                                                   \
+      (device, samples, count, last_seen_us))
 
 /* Function-pointer types, one per entry point: cu_fn_cuMemAlloc_v2 and so on. */
 #define VGPU_DECLARE_CU_TYPE(name, params, args) typedef CUresult(*cu_fn_##name) params;

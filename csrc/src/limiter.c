@@ -49,6 +49,8 @@ uint64_t vgpu_limiter_launches(int entry) { return atomic_load_explicit(&g_launc
 uint64_t vgpu_limiter_busy_ns(int entry) { return atomic_load_explicit(&g_device[entry].busy_ns, memory_order_relaxed); }
 int vgpu_limiter_capped(int entry) { return atomic_load_explicit(&g_device[entry].capped, memory_order_acquire); }
 
+int vgpu_limiter_active(int entry) { return (atomic_load(&g_active_mask) >> entry) & 1u; }
+
 uint32_t vgpu_limiter_sample_power(int entry, uint64_t now_ns)
 {
     struct device *d = &g_device[entry];

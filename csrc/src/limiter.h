@@ -32,6 +32,8 @@ void vgpu_limiter_device_active(int entry);
 uint64_t vgpu_limiter_launches(int entry);
 uint64_t vgpu_limiter_busy_ns(int entry);
 int vgpu_limiter_capped(int entry);
+/* Whether this process has had a context on the device. */
+int vgpu_limiter_active(int entry);
 
 /* The statistics thread's turn to measure power headroom (power.h) on a
  * device; returns the charge scale it found (1024 = none, 0 = not known). */

@@ -262,7 +262,7 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsign
  * from the moment the library is loaded, reports FAKE_NVML_IDLE_W (default
  * the same) as its current power, and is limited to FAKE_NVML_POWER_LIMIT_W
  * (default 700). Enough to drive libvgpu's power-headroom arithmetic. */
-static double env_watts(const char *name, double fallback)
+static double env_number(const char *name, double fallback)
 {
     const char *v = getenv(name);
     return v && *v ? atof(v) : fallback;
@@ -278,7 +278,7 @@ nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned l
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     double ms = (double)(now.tv_sec - g_loaded.tv_sec) * 1e3 + (double)(now.tv_nsec - g_loaded.tv_nsec) / 1e6;
-    *mj = (unsigned long long)(ms * env_watts("FAKE_NVML_POWER_W", 100.0)); /* W x ms = mJ */
+    *mj = (unsigned long long)(ms * env_number("FAKE_NVML_POWER_W", 100.0)); /* W x ms = mJ */
     return NVML_SUCCESS;
 }
 
@@ -287,7 +287,7 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *mw)
     REQUIRE_INIT();
     if (device_index(device) < 0 || !mw)
         return NVML_ERROR_INVALID_ARGUMENT;
-    *mw = (unsigned int)(env_watts("FAKE_NVML_IDLE_W", env_watts("FAKE_NVML_POWER_W", 100.0)) * 1000.0);
+    *mw = (unsigned int)(env_number("FAKE_NVML_IDLE_W", env_number("FAKE_NVML_POWER_W", 100.0)) * 1000.0);
     return NVML_SUCCESS;
 }
 
@@ -296,7 +296,38 @@ nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *
     REQUIRE_INIT();
     if (device_index(device) < 0 || !mw)
         return NVML_ERROR_INVALID_ARGUMENT;
-    *mw = (unsigned int)(env_watts("FAKE_NVML_POWER_LIMIT_W", 700.0) * 1000.0);
+    *mw = (unsigned int)(env_number("FAKE_NVML_POWER_LIMIT_W", 700.0) * 1000.0);
+    return NVML_SUCCESS;
+}
+
+/* Per-process utilization: one sample, stamped now, for each process that
+ * has memory on the device, all at FAKE_NVML_SM_UTIL percent (default 0).
+ * NVML's protocol: NOT_FOUND when there is no sample newer than last_seen_us,
+ * INSUFFICIENT_SIZE with the count needed when the buffer is too small. */
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUtilizationSample_t *samples,
+                                             unsigned int *count, unsigned long long last_seen_us)
+{
+    REQUIRE_INIT();
+    if (device_index(device) < 0 || !count)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlProcessInfo_t procs[FAKE_MAX_PROCS];
+    unsigned int n = FAKE_MAX_PROCS;
+    nvmlReturn_t r = nvmlDeviceGetComputeRunningProcesses_v3(device, &n, procs);
+    if (r != NVML_SUCCESS)
+        return r;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    unsigned long long stamp = (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000u;
+    if (n == 0 || stamp <= last_seen_us)
+        return NVML_ERROR_NOT_FOUND;
+    if (!samples || *count < n) {
+        *count = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    unsigned int util = (unsigned int)env_number("FAKE_NVML_SM_UTIL", 0.0);
+    for (unsigned int i = 0; i < n; i++)
+        samples[i] = (nvmlProcessUtilizationSample_t){procs[i].pid, stamp, util, 0, 0, 0};
+    *count = n;
     return NVML_SUCCESS;
 }
 
