@@ -105,7 +105,9 @@ void vgpu_monitor_start(void)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 64 * 1024);
+    /* NVML runs on this thread (initialisation, process queries): give it a
+     * normal stack; untouched pages cost nothing. */
+    pthread_attr_setstacksize(&attr, 2 * 1024 * 1024);
     if (pthread_create(&thread, &attr, run, NULL) != 0)
         VGPU_WARN("cannot start the statistics thread; usage in the region will not be refreshed");
     pthread_attr_destroy(&attr);
