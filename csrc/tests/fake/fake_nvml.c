@@ -310,6 +310,11 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUti
     REQUIRE_INIT();
     if (device_index(device) < 0 || !count)
         return NVML_ERROR_INVALID_ARGUMENT;
+    /* The real library uses a few hundred KiB of stack here; so does this,
+     * so that a caller on a small thread stack crashes in CI, not on a GPU. */
+    volatile unsigned char deep[256 * 1024];
+    for (size_t i = 0; i < sizeof deep; i += 4096)
+        deep[i] = (unsigned char)i;
     nvmlProcessInfo_t procs[FAKE_MAX_PROCS];
     unsigned int n = FAKE_MAX_PROCS;
     nvmlReturn_t r = nvmlDeviceGetComputeRunningProcesses_v3(device, &n, procs);
