@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from jupyter_client import KernelManager  # noqa: E402
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 
 from cbuild import ROOT, build_tests  # noqa: E402
+from kernel_code import ALLOCATOR  # noqa: E402
 from hami_kernel.kernel_slice import SubSliceError  # noqa: E402
 from hami_kernel.provisioner import HamiProvisioner  # noqa: E402
 from hami_kernel.redivide import set_kernel_slice  # noqa: E402
@@ -26,24 +26,6 @@ from hami_kernel.region import read_region  # noqa: E402
 
 MiB = 1 << 20
 
-# Runs inside the kernel: the fake driver reached through ctypes (dlsym, so
-# libvgpu's wrappers), one context, and an allocator that keeps what it got.
-ALLOCATOR = textwrap.dedent("""
-    import ctypes, os
-    _cu = ctypes.CDLL("libcuda.so.1")
-    assert _cu.cuInit(0) == 0
-    _dev, _ctx = ctypes.c_int(), ctypes.c_void_p()
-    assert _cu.cuDeviceGet(ctypes.byref(_dev), 0) == 0
-    assert _cu.cuDevicePrimaryCtxRetain(ctypes.byref(_ctx), _dev) == 0
-    assert _cu.cuCtxSetCurrent(_ctx) == 0
-    _held = []
-    def alloc(mib):
-        p = ctypes.c_uint64()
-        r = _cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(mib << 20))
-        if r == 0:
-            _held.append(p)
-        return r
-""")
 CUDA_ERROR_OUT_OF_MEMORY = 2
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 import types
 import uuid
@@ -23,6 +22,7 @@ import pytest
 
 import hami_kernel
 from cbuild import Runner, build_tests
+from kernel_code import ALLOCATOR
 from hami_kernel import ipython as vgpu_ipython
 from hami_kernel import status, watch
 from hami_kernel.region import read_region
@@ -461,23 +461,6 @@ def test_watcher_survives_a_failing_read() -> None:
 # ---- %vgpu watch in a real kernel -------------------------------------------------------
 
 
-ALLOCATE = textwrap.dedent("""
-    import ctypes
-    cuda = ctypes.CDLL("libcuda.so.1")
-    assert cuda.cuInit(0) == 0
-    device, context = ctypes.c_int(), ctypes.c_void_p()
-    assert cuda.cuDeviceGet(ctypes.byref(device), 0) == 0
-    assert cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device) == 0
-    assert cuda.cuCtxSetCurrent(context) == 0
-    held = []
-    def allocate(mib):
-        pointer = ctypes.c_uint64()
-        assert cuda.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(mib << 20)) == 0
-        held.append(pointer)
-    allocate(100)
-""")
-
-
 class Kernel:
     """A Jupyter kernel and the iopub messages of the cells it ran."""
 
@@ -551,7 +534,7 @@ def closed(messages: list[dict[str, Any]]) -> set[str]:
 
 def test_watch_in_a_kernel(kernel: Kernel, runner: Runner) -> None:
     kernel.execute("%load_ext hami_kernel.ipython")
-    kernel.execute(ALLOCATE)
+    kernel.execute(ALLOCATOR + "assert alloc(100) == 0\n")
 
     first = kernel.execute("%vgpu watch --interval 0.2", linger=0.3)
     models = opened(first)
@@ -564,7 +547,7 @@ def test_watch_in_a_kernel(kernel: Kernel, runner: Runner) -> None:
     assert {state["_model_name"] for state in models.values()} >= {"LabelModel", "HTMLModel", "ButtonModel"}
 
     # While the view is up, the kernel runs cells, and the view follows what they do.
-    later = kernel.execute("allocate(200)", linger=0.8)
+    later = kernel.execute("assert alloc(200) == 0", linger=0.8)
     ours = [u["value"] for u in updates(first + later, bars["VRAM, kernel"]) if "value" in u]
     assert ours[0] == CONTEXT + 100 * MiB and ours[-1] == CONTEXT + 300 * MiB, ours
     (mine,) = read_region(runner.region).process(ME)
