@@ -61,7 +61,9 @@ class HamiProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         # Refused before anything is written (connection file, ports), with a
-        # message JupyterLab shows in its "Error Starting Kernel" dialog.
+        # message JupyterLab shows in its "Error Starting Kernel" dialog. The
+        # env is composed again below, from the final env: the kernelspec's own
+        # env (an LD_PRELOAD of its own, say) is only applied by super().
         self.slice_env(dict(kwargs.get("env", os.environ)))
         kwargs = await super().pre_launch(**kwargs)
         env = kwargs["env"]  # already the kernel's own copy: the server's env is untouched

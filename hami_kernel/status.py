@@ -51,7 +51,6 @@ __all__ = [
     "NOT_LOADED",
     "NOT_APPLIED",
     "NO_DRIVER",
-    "UNMEASURED",
 ]
 
 POLICY_ENV = "GPU_CORE_UTILIZATION_POLICY"
@@ -61,7 +60,6 @@ NO_REGION = "no GPU memory used yet in this slice: libvgpu creates the region at
 NOT_LOADED = ("libvgpu is not loaded in this kernel: start it from a GPU kernelspec "
               "(hami-kernel install --name gpu-4g --memory 4GiB makes one; hami-kernel list shows them)")
 NOT_APPLIED = "libvgpu is not loaded in this process, so none of these limits apply (see %vgpu check)"
-UNMEASURED = "not measured: libvgpu times GPU work only under a compute cap"
 NO_DRIVER = "no NVIDIA GPU visible (nvidia-smi / libcuda.so.1 not found)"
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -180,7 +178,7 @@ class KernelUsage:
     pid: int
     memory_used: int
     memory_limit: int | None  # its own cap; None = only the slice's
-    sm_share: float | None  # 0..1 of the GPU over the last second; None = not measured (no cap)
+    sm_share: float  # 0..1 of the GPU over the last second (the pacer's under a cap, else NVML's)
     sm_limit: int | None  # percent; None = only the slice's
     launches: int
     mine: bool  # a process of this kernel
@@ -255,11 +253,10 @@ def _own_usage(usages: list[KernelUsage], pid: int) -> KernelUsage | None:
     if not usages:
         return None
     lead = next((u for u in usages if u.pid == pid), usages[0])
-    shares = [u.sm_share for u in usages]
     return KernelUsage(
         identity=lead.identity, pid=lead.pid,
         memory_used=sum(u.memory_used for u in usages), memory_limit=lead.memory_limit,
-        sm_share=None if all(m is None for m in shares) else sum(m or 0.0 for m in shares), sm_limit=lead.sm_limit,
+        sm_share=sum(u.sm_share for u in usages), sm_limit=lead.sm_limit,
         launches=sum(u.launches for u in usages), mine=True, processes=len(usages))
 
 
@@ -334,8 +331,8 @@ def memory_text(nbytes: int | None, none: str = "no limit") -> str:
     return "0 B" if nbytes == 0 else format_memory(nbytes)
 
 
-def share_text(share: float | None) -> str:
-    return "n/a" if share is None else f"{share * 100:.1f}%"
+def share_text(share: float) -> str:
+    return f"{share * 100:.1f}%"
 
 
 def cap_text(percent: int | None, none: str = "none") -> str:
@@ -380,10 +377,8 @@ def _device_lines(dev: DeviceStatus, policy: str) -> list[str]:
                      f"cap {memory_text(own.memory_limit, 'none (the slice)')}{over}")
     lines.append(f"  compute  slice cap {cap_text(dev.sm_limit)}, this kernel's cap "
                  f"{cap_text(own.sm_limit if own else None, 'none')}, policy {policy}{_policy_note(policy)}")
-    if own is not None and own.sm_share is not None:
+    if own is not None:
         lines.append(f"           this kernel used {share_text(own.sm_share)} of the GPU over the last second")
-    elif own is not None:
-        lines.append(f"           this kernel's use is {UNMEASURED}")
     lines.append(_kernel_table(dev.kernels))
     return lines
 
@@ -417,8 +412,6 @@ def format_text(status: SliceStatus) -> str:
     if any(k.mine for d in status.devices for k in d.kernels):
         notes.append("* = this kernel")
     notes.append("compute = share of the GPU over the last second")
-    if any(k.sm_share is None for d in status.devices for k in d.kernels):
-        notes.append(f"n/a = {UNMEASURED}")
     lines.append("; ".join(notes))
     return "\n".join(lines)
 
@@ -463,7 +456,7 @@ def format_html(status: SliceStatus) -> str:
              f"{memory_text(own.memory_used)} used, cap {memory_text(own.memory_limit, 'none (the slice)')}"),
             ("compute, slice cap", f"{cap_text(dev.sm_limit)}; policy {status.policy}{_policy_note(status.policy)}"),
             ("compute, this kernel", "nothing yet" if own is None else
-             (UNMEASURED if own.sm_share is None else f"{share_text(own.sm_share)} of the GPU in the last second")
+             f"{share_text(own.sm_share)} of the GPU in the last second"
              + f"; cap {cap_text(own.sm_limit)}"),
         ]
         parts.append(f"<h4 title='{_h(dev.uuid)}'>{_h(short_uuid(dev.uuid))}</h4>{_html_rows(rows)}"

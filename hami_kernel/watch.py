@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from .status import NOT_APPLIED, UNMEASURED, DeviceStatus, SliceStatus, cap_text, describe_configured, gather, \
+from .status import NOT_APPLIED, DeviceStatus, SliceStatus, cap_text, describe_configured, gather, \
     memory_text, no_devices_reason, share_text, short_identity, short_uuid, status_line
 
 __all__ = ["Watcher", "start", "stop", "current", "watch_text", "widgets_usable"]
@@ -98,14 +98,12 @@ class _DeviceView:
         _set_bar(self.slice_memory, dev.memory_used, dev.memory_limit)
         free = "" if dev.memory_free is None else f", {memory_text(dev.memory_free)} free"
         self.slice_memory_label.value = f"{memory_text(dev.memory_used)} of {memory_text(dev.memory_limit)}{free}"
-        share = dev.own.sm_share if dev.own else None
+        share = dev.own.sm_share if dev.own else 0.0
         sm_cap = None if policy == "disable" else dev.own_sm_cap
         # Out of the cap, so a full bar means "at its share"; uncapped, out of the whole GPU.
-        _set_bar(self.compute, (share or 0.0) * 100, sm_cap or 100)
+        _set_bar(self.compute, share * 100, sm_cap or 100)
         if dev.own is None:
             self.compute_label.value = _NOT_YET
-        elif share is None:
-            self.compute_label.value = UNMEASURED
         else:
             self.compute_label.value = f"{share_text(share)} of the GPU over the last second, cap {cap_text(sm_cap)}"
 
