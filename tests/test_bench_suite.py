@@ -416,7 +416,9 @@ def run_program(argv: list, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 @pytest.mark.parametrize("shape", sorted(workloads.SHAPES))
 def test_every_window_shape_runs_against_stubs(shape: str, gpu_stubs: dict, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture) -> None:
-    result = run_program([shape, "--seconds", "0.05", "--window", "0.01", "--warmup-seconds", "0.01",
+    # 0.3 s of 0.01 s windows: two windows even if one stubbed step stalls for 0.25 s
+    # (a busy CI machine); 0.05 s once gave a single window there.
+    result = run_program([shape, "--seconds", "0.3", "--window", "0.01", "--warmup-seconds", "0.01",
                           "--wait-go"], monkeypatch, capsys)
     assert result["program"] == shape and result["mem_total"] == 16 << 30
     assert result["libvgpu_loaded"] is False and len(result["windows"]) >= 2
