@@ -284,5 +284,10 @@ __attribute__((destructor)) static void report(void)
                   p->share, (unsigned long long)p->turns, (double)p->busy_ns / 1e9, (unsigned long long)p->drains,
                   (unsigned long long)p->extensions, (unsigned long long)p->displaced, (double)p->per_launch / 1e3,
                   p->charge_scale / 1024.0);
+        const struct vgpu_power_meter *m = &g_device[e].power;
+        if (g_device[e].power_aware)
+            VGPU_INFO("power: %.0f W at rest, %.0f W taken between turns, limit %.0f W; last window %.0f W at "
+                      "%.1f%% duty",
+                      m->open_w, m->idle_w, m->limit_w, m->last_avg_w, 100.0 * m->last_duty);
     }
 }

@@ -17,7 +17,8 @@ uint32_t vgpu_power_scale(double avg_w, double duty, double idle_w, double limit
     double full = idle_w + (avg_w - idle_w) / (duty > 1.0 ? 1.0 : duty);
     if (full <= limit_w)
         return VGPU_SCALE_ONE;
-    double scale = cbrt(full / limit_w) * VGPU_SCALE_ONE;
+    /* Only the part above the gap's power follows the clock. */
+    double scale = cbrt((full - idle_w) / (limit_w - idle_w)) * VGPU_SCALE_ONE;
     return scale >= VGPU_SCALE_MAX ? VGPU_SCALE_MAX : (uint32_t)scale;
 }
 

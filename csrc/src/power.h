@@ -16,10 +16,22 @@
  * turns over wall time) give the power its work would draw at full duty:
  * P_full = P_idle + (P - P_idle) / d. At or below the power limit the work
  * would run just as fast at full duty: nothing more is charged. Above it the
- * GPU would lower clocks and voltage until it fits, and along that curve
- * power grows about as the cube of speed, so the speed-up is
- * (P_full / limit)^(1/3). Memory-bound work draws far less than the limit
+ * GPU would lower clocks and voltage until it fits. Along that curve the
+ * power the work adds to the GPU's (P - P_idle, the switching power) grows
+ * about as the cube of speed, while P_idle stays; so the speed-up is
+ * ((P_full - P_idle) / (limit - P_idle))^(1/3). Memory-bound work draws far less than the limit
  * and is never charged more.
+ *
+ * P_idle here is the GPU's power between turns, not at rest. Gaps of a few
+ * milliseconds are too short for the GPU to leave its working clocks, so it
+ * draws more there than the power read when the meter opens (the GPU idle
+ * before the first capped launch). On an H100 a duty sweep of matmuls (200,
+ * 372 and 660 W at 10, 30 and 70%) extrapolates to 114-156 W at no duty,
+ * against about 70 W at rest; and an error in P_idle is multiplied by 1/d
+ * in P_full: at 30% the rest reading alone put a sync loop and a CUDA graph
+ * (which gain at most 2% from the headroom) at 830-890 W and over-charged
+ * them by 6-9%. So the gap is taken as the rest reading plus 10% of the
+ * power limit (VGPU_POWER_GAP_ALLOWANCE).
  *
  * It applies only while this process is the GPU's only user (otherwise P
  * holds others' work too), and not at all without NVML's energy counter or
@@ -34,6 +46,7 @@
 
 #define VGPU_SCALE_ONE 1024u   /* charge scales are fixed point: 1024 = 1.0 */
 #define VGPU_SCALE_MAX 2048u
+#define VGPU_POWER_GAP_ALLOWANCE 0.10 /* between turns: power at rest + this share of the limit */
 #define VGPU_POWER_SAMPLES 9   /* 4 s of 0.5 s samples: NVML's counter moves only every 100 ms */
 
 /* The charge scale for work that kept the GPU at `avg_w` on average while
@@ -47,7 +60,9 @@ struct vgpu_power_sample {
 struct vgpu_power_meter {
     int usable;
     nvmlDevice_t dev;
-    double limit_w, idle_w;
+    double limit_w, open_w, idle_w; /* idle_w: between turns (see above) */
+    double last_avg_w, last_duty;    /* the last window's, for the exit report */
+    uint32_t last_scale;
     struct vgpu_power_sample ring[VGPU_POWER_SAMPLES];
     int count, next;
 };
@@ -55,7 +70,7 @@ struct vgpu_power_meter {
 /* power_meter.c: the same fed from NVML. */
 
 /* Opens the meter for a GPU, before this process's first capped launch: the
- * power read then is taken as the GPU's idle power. */
+ * power read then is the GPU's power at rest. */
 void vgpu_power_meter_open(struct vgpu_power_meter *m, const unsigned char uuid[16]);
 
 /* Takes a sample (the monitor's, every 0.5 s) given this process's total

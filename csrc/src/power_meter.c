@@ -17,7 +17,8 @@ void vgpu_power_meter_open(struct vgpu_power_meter *m, const unsigned char uuid[
         vgpu_real.nvmlDeviceGetTotalEnergyConsumption(m->dev, &energy) != NVML_SUCCESS || limit_mw == 0)
         return;
     m->limit_w = limit_mw / 1000.0;
-    m->idle_w = power_mw / 1000.0;
+    m->open_w = power_mw / 1000.0;
+    m->idle_w = m->open_w + VGPU_POWER_GAP_ALLOWANCE * m->limit_w;
     m->usable = 1;
 }
 
@@ -46,5 +47,11 @@ uint32_t vgpu_power_meter_sample(struct vgpu_power_meter *m, uint64_t now_ns, ui
     if (m->count < 2)
         return 0;
     const struct vgpu_power_sample *oldest = &m->ring[(m->next + VGPU_POWER_SAMPLES - m->count) % VGPU_POWER_SAMPLES];
-    return vgpu_power_window_scale(oldest, slot, m->idle_w, m->limit_w);
+    m->last_scale = vgpu_power_window_scale(oldest, slot, m->idle_w, m->limit_w);
+    double span_ms = (double)(slot->at_ns - oldest->at_ns) / 1e6;
+    if (span_ms > 0 && slot->energy_mj >= oldest->energy_mj) {
+        m->last_avg_w = (double)(slot->energy_mj - oldest->energy_mj) / span_ms;
+        m->last_duty = (double)(slot->busy_ns - oldest->busy_ns) / (span_ms * 1e6);
+    }
+    return m->last_scale;
 }
