@@ -36,6 +36,7 @@ module needs none of them (the suite's CPU tests import run_windows).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -45,8 +46,8 @@ from typing import Callable, List, Sequence, Tuple
 
 # Sizes of the workloads; the suite's README describes them.
 SHARE_MATMUL_N = 4096      # shape "matmul": few big launches
-SYNC_MATMUL_N = 2048       # shape "sync": one medium matmul, then synchronize
-SMALL_ELEMENTS = 1 << 20   # shape "small": elementwise add over 1M float32
+SYNC_MATMUL_N = 4096       # shape "sync": one matmul, then synchronize
+SMALL_ELEMENTS = 1 << 22   # shape "small": elementwise add over 4M float32 (~18 us on an H100)
 GRAPH_MATMUL_N = 1024      # shape "graph": a CUDA graph of GRAPH_MATMULS matmuls
 GRAPH_MATMULS = 20
 COOP_BLOCK = 256           # shape "coop": one block per SM, grid-wide syncs
@@ -134,27 +135,27 @@ def shape_matmul(n: int = SHARE_MATMUL_N) -> Shape:
                  mem_total=torch_mem_total)
 
 
-def shape_small() -> Shape:
+def shape_small(elements: int = SMALL_ELEMENTS) -> Shape:
     import torch
     torch.manual_seed(0)
-    x, y = torch_random(1, SMALL_ELEMENTS, "float32"), torch_random(1, SMALL_ELEMENTS, "float32")
+    x, y = torch_random(1, elements, "float32"), torch_random(1, elements, "float32")
     z = torch.empty_like(x)
     return Shape(step=lambda: torch.add(x, y, out=z), synchronize=torch.cuda.synchronize,
-                 describe={"iteration": f"float32 add of {SMALL_ELEMENTS} elements"},
+                 describe={"iteration": f"float32 add of {elements} elements"},
                  mem_total=torch_mem_total)
 
 
-def shape_sync() -> Shape:
+def shape_sync(n: int = SYNC_MATMUL_N) -> Shape:
     import torch
-    inner = shape_matmul(SYNC_MATMUL_N)
+    inner = shape_matmul(n)
 
     def step() -> None:
         inner.step()
         torch.cuda.synchronize()
 
     return Shape(step=step, synchronize=torch.cuda.synchronize,
-                 describe={"iteration": f"bf16 matmul {SYNC_MATMUL_N}^3 then torch.cuda.synchronize()",
-                           "flop_per_iteration": 2 * SYNC_MATMUL_N ** 3},
+                 describe={"iteration": f"bf16 matmul {n}^3 then torch.cuda.synchronize()",
+                           "flop_per_iteration": 2 * n ** 3},
                  mem_total=torch_mem_total)
 
 
@@ -235,6 +236,7 @@ def shape_coop() -> Shape:
 
 SHAPES = {"matmul": shape_matmul, "small": shape_small, "sync": shape_sync,
           "graph": shape_graph, "coop": shape_coop}
+SIZED_SHAPES = ("matmul", "small", "sync")  # --size: the matmul's n, or the add's elements
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -269,12 +271,22 @@ def emit(result: dict, as_json: bool, stdout=None) -> None:
 # --------------------------------------------------------------------------- programs
 
 def program_window(args: argparse.Namespace) -> dict:
-    shape = SHAPES[args.program]()
+    if args.size is not None and args.program not in SIZED_SHAPES:
+        raise SystemExit(f"workloads: --size applies to {', '.join(SIZED_SHAPES)}, not {args.program}")
+    shape = SHAPES[args.program]() if args.size is None else SHAPES[args.program](args.size)
     run_windows(shape.step, shape.synchronize, args.warmup_seconds, args.warmup_seconds)
     result = {"mem_total": shape.mem_total(), **shape.describe}
     if args.wait_go:
         wait_for_go()
-    t0, windows = run_windows(shape.step, shape.synchronize, args.seconds, args.window)
+    # As timeit does: Python's cyclic collector would otherwise stop the
+    # launching thread for milliseconds now and then (torch's objects make a
+    # full collection long), and under a cap such a stop falls in a turn.
+    gc.collect()
+    gc.disable()
+    try:
+        t0, windows = run_windows(shape.step, shape.synchronize, args.seconds, args.window)
+    finally:
+        gc.enable()
     shape.check()
     result.update(t0=t0, windows=[list(w) for w in windows], window=args.window,
                   seconds=args.seconds, iterations=sum(w[2] for w in windows))
@@ -376,6 +388,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         shape.add_argument("--seconds", type=float, default=30.0)
         shape.add_argument("--window", type=float, default=0.5)
         shape.add_argument("--warmup-seconds", type=float, default=1.0)
+        shape.add_argument("--size", type=int, default=None,
+                           help="matmul/sync: n of the n^3 matmul; small: elements of the add")
         shape.add_argument("--wait-go", action="store_true",
                            help='print "ready" after warm-up, start on "go" from stdin')
     return parser.parse_args(argv)

@@ -22,5 +22,5 @@ def load(path):
 native, _ = load(sys.argv[1]); rate, rates = load(sys.argv[2])
 print(f"{sys.argv[3]:>32}: share {100 * rate / native:5.1f}%  cv {100 * statistics.pstdev(rates[1:]) / statistics.mean(rates[1:]):4.1f}%")
 PY
-    grep -ho "turns.*" "$out/$shape.$c.$p.err" | head -1
+    grep -ho -e "turns.*" -e "power:.*" "$out/$shape.$c.$p.err" | head -2
 done; done
