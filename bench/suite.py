@@ -41,7 +41,7 @@ REPO_ROOT = BENCH_DIR.parent
 MEASUREMENTS = ("launch", "matmul", "share", "tenants", "init", "fourtenants")
 SHARE_SHAPES = ("matmul", "small", "sync")
 SHARE_CAPS = (10, 30, 50, 70)
-HELD_SHAPES = ("graph", "coop")  # held to a cap alone, in the tenants measurement
+HELD_SHAPES = ("graph", "coop")  # held to 30% beside a matmul at 70%, and alone, in the tenants measurement
 HELD_CAP = 30
 TENANT_CAPS = (30, 70)
 FOUR_TENANT_CAP = 25
@@ -762,26 +762,30 @@ def step_held(d: Durations, shape: str) -> Step:
                      f"tenants: {shape} alone at force {HELD_CAP}% for {d.tenants_s:g} s")
 
 
-def concurrent_shares(runs: Sequence[dict], names: Sequence[str], caps: Sequence[int], native: float,
-                      first_s: float) -> Tuple[List[dict], float]:
-    """Each concurrent tenant's share of the native rate, over the interval where all were measuring."""
+def concurrent_shares(runs: Sequence[dict], names: Sequence[str], caps: Sequence[int],
+                      native: "float | Sequence[float]", first_s: float) -> Tuple[List[dict], float]:
+    """Each concurrent tenant's share of its native rate (one for all, or one per tenant),
+    over the interval where all were measuring."""
     lo, hi = common_interval(runs)
+    natives = list(native) if isinstance(native, (list, tuple)) else [native] * len(runs)
     tenants = []
-    for run, name, cap in zip(runs, names, caps):
+    for run, name, cap, alone in zip(runs, names, caps, natives):
         inside = windows_within(run, lo, hi)
         tenants.append({"name": name, "rate": rate(inside), "t0": run["t0"], "windows": run["windows"],
-                        "stats": share_stats(inside, native, cap, TENANT_TOLERANCE, first_s,
+                        "stats": share_stats(inside, alone, cap, TENANT_TOLERANCE, first_s,
                                                first_matters=False)})
     return tenants, hi - lo
 
 
-def run_tenants(ctx: Context, shape: str, caps: Sequence[int], policy: str, seconds: float,
-                native: float) -> Tuple[List[dict], float]:
-    """Tenants in separate slices, one worker each, released together."""
-    names = [f"T{i}-{cap}" for i, cap in enumerate(caps)]
-    specs = [WorkerSpec(name, shape, window_args(ctx, seconds),
+def run_tenants(ctx: Context, shape: "str | Sequence[str]", caps: Sequence[int], policy: str, seconds: float,
+                native: "float | Sequence[float]") -> Tuple[List[dict], float]:
+    """Tenants in separate slices, one worker each (one shape for all, or one each), released together."""
+    shapes = [shape] * len(caps) if isinstance(shape, str) else list(shape)
+    names = [f"T{i}-{cap}" if isinstance(shape, str) else f"T{i}-{s}-{cap}"
+             for i, (s, cap) in enumerate(zip(shapes, caps))]
+    specs = [WorkerSpec(name, s, window_args(ctx, seconds),
                         ctx.new_slice(name, sm_limit=cap, policy=policy))
-             for name, cap in zip(names, caps)]
+             for name, s, cap in zip(names, shapes, caps)]
     runs = run_together(ctx, specs, seconds)
     return concurrent_shares(runs, [f"{n}%" for n in names], caps, native, ctx.durations.first_s)
 
@@ -799,6 +803,18 @@ def step_tenants(d: Durations) -> Step:
                 "note": "shares " + shares_text(tenants)}
     return Step(f"tenants: 30% and 70% matmul tenants at once, default policy, {d.tenants_s:g} s",
                 TORCH_START_S + d.tenants_s, run)
+
+
+def step_mixed(d: Durations, shape: str) -> Step:
+    """A graph or cooperative-launch tenant at 30% beside a busy matmul tenant at 70% (default policy)."""
+    def run(ctx: Context) -> dict:
+        natives = [ctx.baseline(shape)["rate"], ctx.baseline("matmul")["rate"]]
+        tenants, overlap = run_tenants(ctx, [shape, "matmul"], TENANT_CAPS, "default", d.tenants_s, natives)
+        return {"measurement": "tenants", "label": f"{shape} 30 / matmul 70", "policy": "default",
+                "shape": shape, "native_rate": natives, "tenants": tenants, "overlap_s": overlap,
+                "note": "shares " + shares_text(tenants)}
+    return Step(f"tenants: {shape} at 30% beside a matmul at 70%, default policy, {d.tenants_s:g} s",
+                start_cost(shape) + TORCH_START_S + d.tenants_s, run)
 
 
 def step_fourtenants(d: Durations) -> Step:
@@ -893,7 +909,8 @@ def measurement_steps(name: str, d: Durations, sel: Selection) -> List[Step]:
     if name == "share":
         return [step_share(d, shape, cap) for shape in sel.shapes for cap in sel.caps]
     if name == "tenants":
-        return [step_tenants(d)] + [step_held(d, shape) for shape in HELD_SHAPES]
+        return ([step_tenants(d)] + [step_mixed(d, shape) for shape in HELD_SHAPES]
+                + [step_held(d, shape) for shape in HELD_SHAPES])
     if name == "init":
         return [step_init_sequential(d), step_init_batch(d)]
     if name == "fourtenants":

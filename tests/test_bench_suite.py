@@ -268,7 +268,7 @@ def test_plan_puts_each_baseline_once_before_its_first_use() -> None:
 
 def test_plan_for_only_tenants_measures_its_own_baselines() -> None:
     steps = suite.plan(suite.Selection(names=("tenants",)), suite.Durations.make())
-    assert [s.label.split(":")[0] for s in steps] == ["preflight"] + ["native baseline"] * 3 + ["tenants"] * 3
+    assert [s.label.split(":")[0] for s in steps] == ["preflight"] + ["native baseline"] * 3 + ["tenants"] * 5
 
 
 def test_plan_for_a_long_run_of_one_shape_and_cap() -> None:
@@ -281,7 +281,7 @@ def test_plan_for_a_long_run_of_one_shape_and_cap() -> None:
 def test_dry_run_prints_the_plan_and_starts_nothing(capsys: pytest.CaptureFixture) -> None:
     assert suite.main(["--dry-run", "--worker-cmd", "/nonexistent/worker"]) == 0
     err = capsys.readouterr().err
-    assert "plan: 26 steps, estimated" in err and "[26/26] fourtenants" in err
+    assert "plan: 28 steps, estimated" in err and "[28/28] fourtenants" in err
 
 
 # --------------------------------------------------------------------------- environments
@@ -502,7 +502,7 @@ def test_whole_suite_with_a_fake_worker(fake: dict, capsys: pytest.CaptureFixtur
     four = next(r for r in data["records"] if r["measurement"] == "fourtenants")
     assert four["aggregate"] == pytest.approx(1.0)
     assert data["suite"]["library_sha256"] and data["suite"]["durations"]["init_batch"] == 6
-    assert "[1/26] preflight" in err and "elapsed" in err and "[26/26] fourtenants" in err
+    assert "[1/28] preflight" in err and "elapsed" in err and "[28/28] fourtenants" in err
     rows = [cells(line) for line in out.splitlines() if line.startswith("| ")]
     assert ["matmul alone", "force", "10", "10.0", "10.0", "0.0", "10 ± 2, CV ≤ 5%", "ok"] in rows
     assert ["4 x 25% matmul: T3-25%", "default", "25", "25.0", "25.0", "0.0", "25 ± 3", "ok"] in rows
@@ -522,10 +522,13 @@ def test_every_tenant_gets_a_fresh_region_except_the_init_batch(fake: dict) -> N
     others = [e["region"] for e in hooked if not e["region"].endswith("init-batch.region")]
     assert len(others) == len(set(others))  # each hooked process has its own region
     capped = [e for e in hooked if e["program"] == "matmul"]
-    assert sorted(e["sm"] for e in capped) == ["25"] * 4 + ["30", "70"]
+    # 30/70 together, four at 25, and a 70% neighbour for each of graph and coop
+    assert sorted(e["sm"] for e in capped) == ["25"] * 4 + ["30"] + ["70"] * 3
     assert all(e["policy"] == "default" for e in capped)
     held = [e for e in hooked if e["program"] in ("graph", "coop")]
-    assert all(e["sm"] == "30" and e["policy"] == "force" for e in held)
+    assert sorted((e["program"], e["policy"]) for e in held) == [
+        ("coop", "default"), ("coop", "force"), ("graph", "default"), ("graph", "force")]
+    assert all(e["sm"] == "30" for e in held)
     uncapped = [e for e in hooked if e["program"] == "init"]
     assert all(e["sm"] is None and e["policy"] is None for e in uncapped)
 
