@@ -63,6 +63,7 @@ FAKE_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool);
 /* ---- extra NVML entry points -------------------------------------------- */
 
 FAKE_EXPORT nvmlReturn_t nvmlInit(void);
+FAKE_EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags);
 FAKE_EXPORT nvmlReturn_t nvmlShutdown(void);
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count);
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count);

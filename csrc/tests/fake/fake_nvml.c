@@ -88,6 +88,13 @@ nvmlReturn_t nvmlInit(void)
     return nvmlInit_v2();
 }
 
+/* What nvidia-ml-py (pynvml) calls. */
+nvmlReturn_t nvmlInitWithFlags(unsigned int flags)
+{
+    (void)flags;
+    return nvmlInit_v2();
+}
+
 nvmlReturn_t nvmlShutdown(void)
 {
     int n = atomic_load(&g_init_count);
