@@ -186,6 +186,17 @@ class Allocator:
                     f"but {'only ' + str(fit) if fit else 'none'} of this machine's GPUs do")
         return f"{head} (free now: {free})."
 
+    def check(self, size: Slice, policy: str = "binpack", gpu_types: Iterable[str] = (),
+              avoid: Iterable[str] = (), label: str = "requested") -> None:
+        """Raise NoCapacity (with :meth:`place`'s message) if ``size`` cannot be placed now.
+
+        Places nothing: for showing which choices fit before the user picks one.
+        """
+        probe = "\0check"
+        with self._lock:
+            self.place(probe, size, policy, gpu_types, avoid, label=label)
+            self.release(probe)
+
     def release(self, key: str) -> Placement | None:
         """Free the key's GPUs; returns the released placement, None if it had none."""
         with self._lock:
