@@ -8,6 +8,7 @@ user was not offered, so a forged request cannot widen a slice.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -24,6 +25,10 @@ _PROFILE_KEYS = {"name", "display_name", "description", "memory", "cores", "coun
                  "gpu_types", "avoid_gpu_types", "policy", "groups", "default"}
 _CUSTOM_KEYS = {"memory_min", "memory_max", "memory_step", "cores_min", "cores_max",
                 "cores_step", "count_max", "groups", "policy"}
+
+
+# Parsed configurations: key = the profile traits as JSON (see GpuProfiles.parsed).
+_PARSED: dict[str, tuple[list["GpuProfile"], "CustomRange | None"]] = {}
 
 
 class ProfileError(ValueError):
@@ -232,22 +237,32 @@ class GpuProfiles(Configurable):
     def parsed(self) -> list[GpuProfile]:
         """The profiles, validated once (again after a config change)."""
         if self._parsed is None:
-            result = [GpuProfile.from_config(d) for d in self.profiles]
-            names = [p.name for p in result]
-            duplicates = sorted({n for n in names if names.count(n) > 1})
-            if duplicates:
-                raise ProfileError(f"GPU profile names must be unique; repeated: {duplicates}")
-            if self.cpu_profile_name and self.cpu_profile_name in names:
-                raise ProfileError(f"GPU profile {self.cpu_profile_name!r}: that name is "
-                                   f"the CPU-only choice (cpu_profile_name)")
-            defaults = [p.name for p in result if p.default]
-            if len(defaults) > 1:
-                raise ProfileError(f"at most one GPU profile may be the default; "
-                                   f"marked: {defaults}")
-            self._custom_range = (CustomRange.from_config(self.custom)
-                                  if self.custom else None)
-            self._parsed = result
+            # JupyterHub makes a spawner (and so one of these) per server, all
+            # from one config: parse a config once per process, not per spawner.
+            key = json.dumps([self.profiles, self.custom, self.cpu_profile_name], sort_keys=True, default=repr)
+            cached = _PARSED.get(key)
+            if cached is None:
+                cached = self._parse()
+                if len(_PARSED) >= 8:
+                    _PARSED.pop(next(iter(_PARSED)))
+                _PARSED[key] = cached
+            self._parsed, self._custom_range = cached
         return self._parsed
+
+    def _parse(self) -> tuple[list[GpuProfile], CustomRange | None]:
+        result = [GpuProfile.from_config(d) for d in self.profiles]
+        names = [p.name for p in result]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ProfileError(f"GPU profile names must be unique; repeated: {duplicates}")
+        if self.cpu_profile_name and self.cpu_profile_name in names:
+            raise ProfileError(f"GPU profile {self.cpu_profile_name!r}: that name is "
+                               f"the CPU-only choice (cpu_profile_name)")
+        defaults = [p.name for p in result if p.default]
+        if len(defaults) > 1:
+            raise ProfileError(f"at most one GPU profile may be the default; "
+                               f"marked: {defaults}")
+        return result, CustomRange.from_config(self.custom) if self.custom else None
 
     def custom_range(self) -> CustomRange | None:
         self.parsed()
