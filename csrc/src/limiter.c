@@ -280,9 +280,10 @@ __attribute__((destructor)) static void report(void)
         if (!g_device[e].capped)
             continue;
         VGPU_INFO("compute share %u%%: %llu turns, %.3f s in turns, %llu drains, %llu extensions, "
-                  "%llu displaced, %.1f us per launch, charge scale %.3f",
+                  "%llu displaced, %llu paused, %.1f us per launch, charge scale %.3f",
                   p->share, (unsigned long long)p->turns, (double)p->busy_ns / 1e9, (unsigned long long)p->drains,
-                  (unsigned long long)p->extensions, (unsigned long long)p->displaced, (double)p->per_launch / 1e3,
+                  (unsigned long long)p->extensions, (unsigned long long)p->displaced,
+                  (unsigned long long)p->paused, (double)p->per_launch / 1e3,
                   p->charge_scale / 1024.0);
         const struct vgpu_power_meter *m = &g_device[e].power;
         if (g_device[e].power_aware)

@@ -4,6 +4,7 @@
 
 #define MS 1000000ull
 #define US 1000ull
+#define IDLE_DRAIN (50 * US) /* a drain this short found the GPU already idle */
 
 void vgpu_pacer_set_share(struct vgpu_pacer *p, uint32_t share, uint64_t period)
 {
@@ -79,8 +80,10 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
         end_turn(p, p->last_launch); /* displaced while idle: charged up to its last launch */
     }
     if (p->holding && (now >= p->deadline || (p->per_launch && p->turn_work >= p->quantum))) {
-        if (p->force || vgpu_arbiter_contended(p->arb, p->me, now))
+        if (p->force || vgpu_arbiter_contended(p->arb, p->me, now)) {
+            p->drain_asked = now;
             return (struct vgpu_pacer_decision){VGPU_PACE_DRAIN, 0};
+        }
         /* Nobody waits: the turn goes on, and is paid for as it goes; but
          * first the previous quantum's work must be done, or a lone process
          * could queue far more than the next one should wait for. */
@@ -124,11 +127,32 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
     return (struct vgpu_pacer_decision){VGPU_PACE_GO, 0};
 }
 
+/* When the GPU finished this turn's work, as far as the pacer can tell. A
+ * drain that returns at once finds the GPU already idle: if the program
+ * had stopped launching well before (a notebook between cells, a program
+ * between phases), its turn ended when its work did, not when it came back;
+ * charging the pause would make it wait for time it never used. */
+static uint64_t work_end(const struct vgpu_pacer *p, uint64_t end)
+{
+    int idle_gpu = end - p->drain_asked < IDLE_DRAIN;
+    if (!idle_gpu || p->drain_asked < p->last_launch + p->quantum)
+        return end;
+    uint64_t by_launch = p->last_launch + p->per_launch, by_work = p->turn_start + p->turn_work;
+    uint64_t guess = by_launch > by_work ? by_launch : by_work;
+    return guess < end ? guess : end;
+}
+
 void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end)
 {
     p->drains++;
     if (p->marker == 2 && !p->marker_is_probe)
         p->marker = 0; /* everything is done, that marker too */
+    uint64_t done = work_end(p, end);
+    if (done < end) {
+        p->paused++;
+        end_turn(p, done);
+        return;
+    }
     /* What one launch costs the GPU, learnt from this turn. */
     if (p->turn_launches > 0 && end > p->turn_start) {
         uint64_t per = (end - p->turn_start) / p->turn_launches;

@@ -64,7 +64,9 @@ struct vgpu_pacer {
     uint64_t credit_at;
     uint64_t busy_ns; /* all turns so far */
     uint64_t turns;
+    uint64_t drain_asked;              /* when the pending drain was asked for */
     uint64_t drains, displaced, extensions;
+    uint64_t paused;                   /* turns that ended in a pause: charged up to their work's end */
 };
 
 /* Sets the pacer up for a share (percent, 1..99) on an arbiter tenant; under

@@ -56,6 +56,8 @@ struct tenant {
     uint64_t queue_end[QUEUE]; /* completions of the latest QUEUE launches */
     uint64_t launches;
     uint64_t start, stop; /* active between these */
+    uint64_t pause_at, pause_len; /* one pause in launching (think time), if pause_len */
+    uint64_t resumed_at;          /* its first launch after the pause */
     double window_busy[MAX_WINDOWS];
     double busy;
 };
@@ -107,6 +109,10 @@ static void launch(struct tenant *t, uint64_t now)
     t->queue_end[t->launches % QUEUE] = end;
     t->launches++;
     uint64_t next = t->shape.sync_each ? end + t->shape.gap : now + t->shape.gap;
+    if (t->pause_len && now >= t->pause_at && !t->resumed_at && next < t->pause_at + t->pause_len)
+        next = t->pause_at + t->pause_len;
+    else if (t->pause_len && now >= t->pause_at + t->pause_len && !t->resumed_at)
+        t->resumed_at = now;
     t->at = next > oldest ? next : oldest;
 }
 
@@ -442,6 +448,33 @@ static void case_force_power_headroom(void)
     g_power.boost = 1.0;
 }
 
+/* A program that stops launching in the middle of a turn (Python's collector
+ * for 150 ms, a notebook user for 3 s) and then goes on: the pause is not
+ * charged, so it launches again within a period and keeps its share after. */
+static void case_pause_is_not_charged(void)
+{
+    const struct shape shapes[] = {MATMUL, SMALL, SYNC};
+    const uint64_t pauses[] = {150 * MS, 3 * SEC};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        double native = native_rate(shapes[s]);
+        for (size_t k = 0; k < sizeof pauses / sizeof pauses[0]; k++) {
+            struct tenant t;
+            setup(&t, fresh_arbiter(), shapes[s], 10, 1, 0, 30 * SEC);
+            t.pause_at = 5 * SEC + 3 * MS; /* a few milliseconds into some turn */
+            t.pause_len = pauses[k];
+            simulate(&t, 1);
+            uint64_t back = t.pause_at + t.pause_len;
+            double after = share_over(&t, back + SEC, back + 11 * SEC, native);
+            printf("force 10%% %-24s pause %4llu ms: launches again %6.2f ms after it, next 10 s %5.2f%%, "
+                   "%llu turns ended in a pause\n", shapes[s].name, (unsigned long long)(pauses[k] / MS),
+                   (double)(t.resumed_at - back) / 1e6, after, (unsigned long long)t.pacer.paused);
+            CHECK(t.resumed_at >= back && t.resumed_at - back <= 25 * MS,
+                  "after a pause it waited %.2f ms (more than a period)", (double)(t.resumed_at - back) / 1e6);
+            CHECK(fabs(after - 10) <= 1.0, "share after the pause %.2f%%", after);
+        }
+    }
+}
+
 /* A sub-slice re-divided while the process runs: the new share holds from
  * the next turns, in both directions. */
 static void case_share_changes_live(void)
@@ -466,6 +499,7 @@ static const struct test_case g_cases[] = {
     {"force_power_headroom", case_force_power_headroom},
     {"clock_order", case_clock_order},
     {"force_alone", case_force_alone},
+    {"pause_is_not_charged", case_pause_is_not_charged},
     {"two_tenants", case_two_tenants},
     {"four_tenants", case_four_tenants},
     {"default_alone_borrows", case_default_alone_borrows},
