@@ -80,7 +80,7 @@ class GpuChoiceMixin:
                 raise http_error(
                     400, f"you already run {len(running)} GPU server(s) ({', '.join(sorted(running))}); "
                          f"at most {limit} are allowed per user: stop one first, or choose "
-                         f"{self.gpu_profiles.cpu_profile_name or 'a CPU-only server'}")
+                         f"{_quoted(self.gpu_profiles.cpu_profile_display_name) if self.gpu_profiles.cpu_profile_name else 'a CPU-only server'}")
         return profile
 
     async def run_pre_spawn_hook(self):
@@ -105,3 +105,7 @@ def http_error(status: int, message: str) -> web.HTTPError:
     error = web.HTTPError(status, "%s", message)
     error.jupyterhub_message = message
     return error
+
+
+def _quoted(name: str) -> str:
+    return f"\u201c{name}\u201d"

@@ -409,3 +409,15 @@ def test_allocator_check_places_nothing() -> None:
     with pytest.raises(NoCapacity, match="'probe' slice"):
         alloc.check(Slice(80 * GIB, None), label="probe")
     assert set(alloc.placements) == {"a"}
+
+
+def test_spawner_classes_have_short_names_for_jupyterhub() -> None:
+    # c.JupyterHub.spawner_class = "hami-local" works through these entry points
+    from importlib.metadata import entry_points
+
+    from hami_spawner.kubernetes import HamiSpawner
+    from hami_spawner.local import LocalGpuSpawner, SimpleLocalGpuSpawner
+    found = {ep.name: ep.load() for ep in entry_points(group="jupyterhub.spawners")
+             if ep.name.startswith("hami")}
+    assert found == {"hami-local": LocalGpuSpawner, "hami-local-simple": SimpleLocalGpuSpawner,
+                     "hami": HamiSpawner}
