@@ -49,6 +49,21 @@ _ASSIGNED = re.compile(r"Successfully assigned \S+ to (\S+)")
 _IMAGE = re.compile(r'image "([^"]+)"')
 
 
+# Events whose sentence does not depend on their message.
+FIXED_SENTENCES = {
+    "BindingFailed": "The GPU could not be reserved on the chosen node; trying again.",
+    "Pulled": "The server image is ready.",
+    "Created": "The server container is created.",
+    "Started": "The server container started; waiting for Jupyter to answer.",
+    "FailedMount": "A storage volume is not mounted yet.",
+    "UnexpectedAdmissionError": "The node could not hand out the GPU slice (device plugin error); see the details.",
+    "TriggeredScaleUp": "Adding a node to the cluster for this server (this takes a few minutes).",
+    "NotTriggerScaleUp": "No node can be added to the cluster for this server.",
+    "Preempted": "The server's pod is being stopped.",
+    "Killing": "The server's pod is being stopped.",
+}
+
+
 def scheduling_sentence(message: str) -> str:
     """Why a pod waits for a GPU, from a FailedScheduling or FilteringFailed text."""
     reasons = [meaning for pattern, meaning in SCHEDULING_REASONS if pattern.search(message)]
@@ -78,37 +93,19 @@ def translate(event: Mapping[str, Any]) -> str | None:
     if reason == "BindingSucceed":
         match = _BOUND.search(message)
         return f"GPU slice reserved{f' on node {match.group(1)}' if match else ''}."
-    if reason == "BindingFailed":
-        return "The GPU could not be reserved on the chosen node; trying again."
     if reason == "Scheduled":
         match = _ASSIGNED.search(message)
         return f"Placed on node {match.group(1)}." if match else "Placed on a node."
     if reason == "Pulling":
         return (f"Downloading the server image{image_name} (the first start on a node "
                 f"can take a few minutes).")
-    if reason == "Pulled":
-        return "The server image is ready."
-    if reason == "Created":
-        return "The server container is created."
-    if reason == "Started":
-        return "The server container started; waiting for Jupyter to answer."
     if reason == "Failed" and ("ErrImagePull" in message or "pull" in message.lower()):
         return f"The server image{image_name} could not be downloaded."
     if reason == "BackOff":
         if "pulling image" in message.lower():
             return f"Trying again to download the server image{image_name}."
         return "The server keeps stopping right after it starts; see the details."
-    if reason == "FailedMount":
-        return "A storage volume is not mounted yet."
-    if reason == "UnexpectedAdmissionError":
-        return "The node could not hand out the GPU slice (device plugin error); see the details."
-    if reason == "TriggeredScaleUp":
-        return "Adding a node to the cluster for this server (this takes a few minutes)."
-    if reason == "NotTriggerScaleUp":
-        return "No node can be added to the cluster for this server."
-    if reason == "Preempted" or reason == "Killing":
-        return "The server's pod is being stopped."
-    return None
+    return FIXED_SENTENCES.get(reason)
 
 
 def translate_progress(progress: Mapping[str, Any]) -> dict[str, Any]:
