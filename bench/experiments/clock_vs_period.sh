@@ -6,9 +6,8 @@
 set -u
 out=${1:?OUTDIR}; seconds=${2:-8}; shift 2 || true
 periods=${*:-20 50 100 200}
-mkdir -p "$out"
-lib=$(cd / && python3 -c 'import hami_kernel; print(hami_kernel.library_path())')
-w="python3 $(dirname "$0")/../workloads.py"
+source "$(dirname "$0")/common.sh"; mkdir -p "$out"
+w=$workloads
 run() {  # name, env...
     local name=$1; shift
     nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,utilization.gpu --format=csv,noheader,nounits \
@@ -30,8 +29,5 @@ PY
 }
 run native
 for p in $periods; do
-    d=$(mktemp -d)
-    run "force30_p$p" LD_PRELOAD="$lib" CUDA_DEVICE_MEMORY_LIMIT=16g CUDA_DEVICE_SM_LIMIT=30 \
-        GPU_CORE_UTILIZATION_POLICY=force LIBVGPU_SHARE_PERIOD_MS=$p LIBCUDA_LOG_LEVEL=3 \
-        CUDA_DEVICE_MEMORY_SHARED_CACHE=$d/region LIBVGPU_ARBITER_DIR=$d
+    run "force30_p$p" $(slice_env 30 force) LIBVGPU_SHARE_PERIOD_MS=$p
 done

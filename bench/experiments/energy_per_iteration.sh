@@ -5,13 +5,12 @@
 set -u
 out=${1:?OUTDIR}; seconds=${2:-8}; shift 2 || true
 caps=${*:-10 30 70}
-here=$(dirname "$0"); mkdir -p "$out"
-lib=$(cd / && python3 -c 'import hami_kernel; print(hami_kernel.library_path())')
+source "$(dirname "$0")/common.sh"; mkdir -p "$out"
 run() {
     local name=$1; shift
     python3 "$here/energy_sampler.py" "$out/$name.nvml.csv" 5 & local s=$!
     sleep 1.5
-    env "$@" python3 "$here/../workloads.py" "${SHAPE:-matmul}" --seconds "$seconds" --json > "$out/$name.json" 2> "$out/$name.err"
+    env "$@" $workloads "${SHAPE:-matmul}" --seconds "$seconds" --json > "$out/$name.json" 2> "$out/$name.err"
     sleep 1.5; kill $s; wait $s 2>/dev/null
     python3 - "$out/$name" <<'PY'
 import json, sys, bisect
@@ -40,8 +39,5 @@ PY
 }
 run native
 for c in $caps; do
-    d=$(mktemp -d)
-    run "force$c" LD_PRELOAD="$lib" CUDA_DEVICE_MEMORY_LIMIT=16g CUDA_DEVICE_SM_LIMIT=$c \
-        GPU_CORE_UTILIZATION_POLICY=force LIBCUDA_LOG_LEVEL=3 \
-        CUDA_DEVICE_MEMORY_SHARED_CACHE=$d/region LIBVGPU_ARBITER_DIR=$d
+    run "force$c" $(slice_env $c force)
 done

@@ -4,11 +4,10 @@
 set -u
 out=${1:?OUTDIR}; seconds=${2:-6}; shift 2 || true
 caps=${*:-10 30 70}
-here=$(dirname "$0"); mkdir -p "$out"
-lib=$(cd / && python3 -c 'import hami_kernel; print(hami_kernel.library_path())')
+source "$(dirname "$0")/common.sh"; mkdir -p "$out"
 run() {
     local name=$1; shift
-    env "$@" python3 "$here/../workloads.py" "${SHAPE:-matmul}" --seconds "$seconds" --warmup-seconds 0.2 --json > "$out/$name.json" 2> "$out/$name.err" &
+    env "$@" $workloads "${SHAPE:-matmul}" --seconds "$seconds" --warmup-seconds 0.2 --json > "$out/$name.json" 2> "$out/$name.err" &
     local w=$!
     sleep 3
     python3 "$here/instant_power.py" "$out/$name.power" & local s=$!
@@ -19,8 +18,5 @@ print('$name', round(r['iterations']/sum(w[1]-w[0] for w in r['windows']),1), 'i
 }
 run native
 for c in $caps; do
-    d=$(mktemp -d)
-    run "force$c" LD_PRELOAD="$lib" CUDA_DEVICE_MEMORY_LIMIT=16g CUDA_DEVICE_SM_LIMIT=$c \
-        GPU_CORE_UTILIZATION_POLICY=force LIBCUDA_LOG_LEVEL=3 \
-        CUDA_DEVICE_MEMORY_SHARED_CACHE=$d/region LIBVGPU_ARBITER_DIR=$d
+    run "force$c" $(slice_env $c force)
 done

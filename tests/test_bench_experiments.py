@@ -1,0 +1,66 @@
+"""The experiment scripts' shared pieces (bench/experiments/common.sh, share_summary.py),
+run end to end with a stand-in worker in place of bench/workloads.py."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "bench" / "experiments"
+
+# Prints what workloads.py prints, at 1000 iterations/s times the cap, and
+# echoes the slice it was given on stderr the way libvgpu's exit report does.
+STAND_IN = r'''
+import json, os, sys
+cap = int(os.environ.get("CUDA_DEVICE_SM_LIMIT", "100"))
+windows = [[i * 0.5, (i + 1) * 0.5, (1000 * cap // 100) // 2 + (5 if i == 0 else 0)] for i in range(5)]
+print(json.dumps({"windows": windows, "iterations": sum(w[2] for w in windows), "t0": 0.0}))
+if os.environ.get("LD_PRELOAD"):
+    print(f"vgpu: compute share {cap}%: 9 turns, policy={os.environ['GPU_CORE_UTILIZATION_POLICY']} "
+          f"period={os.environ.get('LIBVGPU_SHARE_PERIOD_MS')} region={os.environ['CUDA_DEVICE_MEMORY_SHARED_CACHE']}",
+          file=sys.stderr)
+'''
+
+
+def write_run(path: Path, counts: list[int]) -> None:
+    windows = [[i * 0.5, (i + 1) * 0.5, n] for i, n in enumerate(counts)]
+    path.write_text("ready\n" + json.dumps({"windows": windows}) + "\n")
+
+
+def summary(*args: str) -> str:
+    done = subprocess.run([sys.executable, str(EXPERIMENTS / "share_summary.py"), *args],
+                          capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_share_summary_leaves_out_the_first_window_and_reports_each(tmp_path: Path) -> None:
+    write_run(tmp_path / "native.json", [1, 500, 500, 500])        # 1000 it/s once started
+    write_run(tmp_path / "run.json", [400, 150, 100, 150, 999])    # first window: start-up burst
+    line = summary(str(tmp_path / "native.json"), str(tmp_path / "run.json"), "x", "--windows", "--trim-last")
+    # --trim-last: windows 2-4, 400 iterations in 1.5 s = 266.7 it/s = 26.7%; shares 30, 20, 30
+    assert "266.7 it/s" in line and "share  26.7%" in line
+    assert "windows 20.0..30.0%" in line and "[30.0 20.0 30.0]" in line
+    # without it the last window counts: 1399 iterations in 2 s
+    assert "share  70.0%" in summary(str(tmp_path / "native.json"), str(tmp_path / "run.json"), "x")
+
+
+def test_share_vs_period_runs_each_cap_and_period_in_its_own_slice(tmp_path: Path) -> None:
+    worker = tmp_path / "worker.py"
+    worker.write_text(STAND_IN)
+    done = subprocess.run(["bash", str(EXPERIMENTS / "share_vs_period.sh"), str(tmp_path / "out"), "matmul", "3",
+                           "30 70", "20 50"], capture_output=True, text=True, timeout=120,
+                          env={"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+                               "WORKLOADS": f"{sys.executable} {worker}"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    shares = [line for line in lines if "it/s" in line]
+    assert [line.split(":")[0].strip() for line in shares] == [
+        f"matmul force {c}% period {p} ms" for c in (30, 70) for p in (20, 50)]
+    assert all(f"share  {c}.0%" in line for c, line in zip((30, 30, 70, 70), shares))
+    reports = [line for line in lines if line.startswith("turns")]
+    assert [r.split("period=")[1].split()[0] for r in reports] == ["20", "50", "20", "50"]
+    assert all("policy=force" in r for r in reports)
+    regions = {r.split("region=")[1] for r in reports}
+    assert len(regions) == 4  # a fresh slice for every run
