@@ -28,6 +28,14 @@ class GpuChoiceMixin:
     gpu_profile: GpuProfile | None = None
     _gpu_profiles: GpuProfiles | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # JupyterHub >= 5.3 warns about user_options that no apply_user_options hook
+        # takes; the GPU choice is taken (or refused with a 400) by run_pre_spawn_hook,
+        # which runs right after. An admin's own hook is left as it is.
+        if self.apply_user_options is None:
+            self.apply_user_options = _taken_by_the_pre_spawn_hook
+
     @property
     def gpu_profiles(self) -> GpuProfiles:
         """The admin's profiles (``c.GpuProfiles``), read once per spawner."""
@@ -86,6 +94,10 @@ class GpuChoiceMixin:
     async def run_pre_spawn_hook(self):
         self.gpu_profile = self.resolve_gpu_choice()
         return await maybe_future(super().run_pre_spawn_hook())
+
+
+def _taken_by_the_pre_spawn_hook(spawner: Any, options: Mapping[str, Any]) -> None:
+    """apply_user_options for GPU spawners: the choice is applied by run_pre_spawn_hook."""
 
 
 def _one_string(key: str, value: Any) -> str:

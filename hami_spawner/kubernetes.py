@@ -24,7 +24,7 @@ import copy
 from typing import Any
 
 from kubespawner import KubeSpawner
-from traitlets import Bool, Dict, Enum, Integer, Unicode, default
+from traitlets import Bool, Dict, Enum, Integer, Unicode
 
 from hami_kernel.slice import GIB, MIB, Slice, format_memory
 from hami_spawner.choice import GpuChoiceMixin, http_error
@@ -165,12 +165,6 @@ class HamiSpawner(GpuChoiceMixin, KubeSpawner):
         return entry
 
     # ---- the choice ----------------------------------------------------------------------
-    @default("apply_user_options")
-    def _apply_user_options_default(self) -> Any:
-        # JupyterHub >= 5.3 warns about options no hook applies; ours are applied (and
-        # refused with a 400) by the pre-spawn hook, which runs right after this.
-        return lambda spawner, options: None
-
     def gpu_choice(self) -> dict[str, Any]:
         """KubeSpawner's user_options ({"profile", option, option--unlisted-choice}) as
         our choice.  Every field is passed on, so resolve() refuses what it does not take."""

@@ -117,10 +117,6 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
     def _default_options_from_form(self) -> Any:
         return self._choice_from_form
 
-    @default("apply_user_options")
-    def _default_apply_user_options(self) -> Any:
-        return lambda spawner, options: None  # the GPU choice is applied by the pre-spawn hook
-
     @property
     def allocator(self) -> Allocator:
         return shared_allocator()

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from traitlets import Dict, Int, List, Unicode, observe, validate
 from traitlets.config import Configurable
 
-from hami_kernel.slice import GIB, Slice, format_memory, parse_memory, parse_share
+from hami_kernel.slice import GIB, Slice, format_memory, parse_memory
 
 POLICIES = ("binpack", "spread")
 CUSTOM = "custom"

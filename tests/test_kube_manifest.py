@@ -318,3 +318,15 @@ def test_z2jh_values_snippet_fits_the_charts_schema() -> None:
     assert [e.message for e in validator.iter_errors(values)] == []
     values["singleuser"]["profilelist"] = []  # and the check does catch a misspelled key
     assert list(validator.iter_errors(values))
+
+
+def test_user_options_are_taken_by_the_choice_check_unless_the_admin_has_a_hook() -> None:
+    # JupyterHub warns about user_options no apply_user_options hook takes; ours are
+    # taken by the pre-spawn check. An admin's own hook stays in place.
+    async def hook_of(spawner: HamiSpawner) -> Any:
+        return spawner.apply_user_options
+    ours = with_spawner(hook_of)
+    assert callable(ours) and ours.__name__ == "_taken_by_the_pre_spawn_hook"
+    config = example_config()
+    config.Spawner.apply_user_options = {"image": "image"}
+    assert with_spawner(hook_of, config=config) == {"image": "image"}

@@ -421,3 +421,11 @@ def test_spawner_classes_have_short_names_for_jupyterhub() -> None:
              if ep.name.startswith("hami")}
     assert found == {"hami-local": LocalGpuSpawner, "hami-local-simple": SimpleLocalGpuSpawner,
                      "hami": HamiSpawner}
+
+
+def test_user_options_are_taken_by_the_choice_check_unless_the_admin_has_a_hook() -> None:
+    from traitlets.config import Config
+    assert spawner(Config()).apply_user_options.__name__ == "_taken_by_the_pre_spawn_hook"
+    config = Config()
+    config.Spawner.apply_user_options = {"image": "image"}
+    assert spawner(config).apply_user_options == {"image": "image"}
