@@ -12,7 +12,7 @@ uint32_t vgpu_power_scale(double avg_w, double duty, double idle_w, double limit
      * power is extrapolated from at least 20% duty. */
     if (duty < 0.20)
         duty = 0.20;
-    if (!(limit_w > idle_w) || !(limit_w > idle_w) || !(avg_w > idle_w))
+    if (!(limit_w > idle_w) || !(avg_w > idle_w)) /* also refuses NaN */
         return VGPU_SCALE_ONE;
     double full = idle_w + (avg_w - idle_w) / (duty > 1.0 ? 1.0 : duty);
     if (full <= limit_w)
