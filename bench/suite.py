@@ -41,7 +41,7 @@ REPO_ROOT = BENCH_DIR.parent
 MEASUREMENTS = ("launch", "matmul", "share", "tenants", "init", "fourtenants")
 SHARE_SHAPES = ("matmul", "small", "sync")
 SHARE_CAPS = (10, 30, 50, 70)
-HELD_SHAPES = ("graph", "coop")  # held to 30% beside a matmul at 70%, and alone, in the tenants measurement
+HELD_SHAPES = ("graph", "coop")  # in the tenants measurement: a 30/70 pair of each, 30 beside a matmul at 70, and 30 alone
 HELD_CAP = 30
 TENANT_CAPS = (30, 70)
 FOUR_TENANT_CAP = 25
@@ -794,15 +794,16 @@ def shares_text(tenants: Sequence[dict]) -> str:
     return " ".join(f"{t['stats']['share']:.1f}%" for t in tenants)
 
 
-def step_tenants(d: Durations) -> Step:
+def step_tenants(d: Durations, shape: str = "matmul") -> Step:
+    """Two busy tenants of one shape at 30% and 70%, default policy: each held to its share."""
     def run(ctx: Context) -> dict:
-        native = ctx.baseline("matmul")["rate"]
-        tenants, overlap = run_tenants(ctx, "matmul", TENANT_CAPS, "default", d.tenants_s, native)
-        return {"measurement": "tenants", "label": "30/70 matmul", "policy": "default", "shape": "matmul",
+        native = ctx.baseline(shape)["rate"]
+        tenants, overlap = run_tenants(ctx, shape, TENANT_CAPS, "default", d.tenants_s, native)
+        return {"measurement": "tenants", "label": f"30/70 {shape}", "policy": "default", "shape": shape,
                 "native_rate": native, "tenants": tenants, "overlap_s": overlap,
                 "note": "shares " + shares_text(tenants)}
-    return Step(f"tenants: 30% and 70% matmul tenants at once, default policy, {d.tenants_s:g} s",
-                TORCH_START_S + d.tenants_s, run)
+    return Step(f"tenants: 30% and 70% {shape} tenants at once, default policy, {d.tenants_s:g} s",
+                start_cost(shape) + d.tenants_s, run)
 
 
 def step_mixed(d: Durations, shape: str) -> Step:
@@ -909,7 +910,8 @@ def measurement_steps(name: str, d: Durations, sel: Selection) -> List[Step]:
     if name == "share":
         return [step_share(d, shape, cap) for shape in sel.shapes for cap in sel.caps]
     if name == "tenants":
-        return ([step_tenants(d)] + [step_mixed(d, shape) for shape in HELD_SHAPES]
+        return ([step_tenants(d, shape) for shape in ("matmul",) + HELD_SHAPES]
+                + [step_mixed(d, shape) for shape in HELD_SHAPES]
                 + [step_held(d, shape) for shape in HELD_SHAPES])
     if name == "init":
         return [step_init_sequential(d), step_init_batch(d)]

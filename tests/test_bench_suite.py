@@ -268,7 +268,7 @@ def test_plan_puts_each_baseline_once_before_its_first_use() -> None:
 
 def test_plan_for_only_tenants_measures_its_own_baselines() -> None:
     steps = suite.plan(suite.Selection(names=("tenants",)), suite.Durations.make())
-    assert [s.label.split(":")[0] for s in steps] == ["preflight"] + ["native baseline"] * 3 + ["tenants"] * 5
+    assert [s.label.split(":")[0] for s in steps] == ["preflight"] + ["native baseline"] * 3 + ["tenants"] * 7
 
 
 def test_plan_for_a_long_run_of_one_shape_and_cap() -> None:
@@ -281,7 +281,7 @@ def test_plan_for_a_long_run_of_one_shape_and_cap() -> None:
 def test_dry_run_prints_the_plan_and_starts_nothing(capsys: pytest.CaptureFixture) -> None:
     assert suite.main(["--dry-run", "--worker-cmd", "/nonexistent/worker"]) == 0
     err = capsys.readouterr().err
-    assert "plan: 28 steps, estimated" in err and "[28/28] fourtenants" in err
+    assert "plan: 30 steps, estimated" in err and "[30/30] fourtenants" in err
 
 
 # --------------------------------------------------------------------------- environments
@@ -502,7 +502,7 @@ def test_whole_suite_with_a_fake_worker(fake: dict, capsys: pytest.CaptureFixtur
     four = next(r for r in data["records"] if r["measurement"] == "fourtenants")
     assert four["aggregate"] == pytest.approx(1.0)
     assert data["suite"]["library_sha256"] and data["suite"]["durations"]["init_batch"] == 6
-    assert "[1/28] preflight" in err and "elapsed" in err and "[28/28] fourtenants" in err
+    assert "[1/30] preflight" in err and "elapsed" in err and "[30/30] fourtenants" in err
     rows = [cells(line) for line in out.splitlines() if line.startswith("| ")]
     assert ["matmul alone", "force", "10", "10.0", "10.0", "0.0", "10 ± 2, CV ≤ 5%", "ok"] in rows
     assert ["4 x 25% matmul: T3-25%", "default", "25", "25.0", "25.0", "0.0", "25 ± 3", "ok"] in rows
@@ -525,10 +525,12 @@ def test_every_tenant_gets_a_fresh_region_except_the_init_batch(fake: dict) -> N
     # 30/70 together, four at 25, and a 70% neighbour for each of graph and coop
     assert sorted(e["sm"] for e in capped) == ["25"] * 4 + ["30"] + ["70"] * 3
     assert all(e["policy"] == "default" for e in capped)
+    # each of graph and coop: a 30/70 pair of its own, 30 beside a matmul, and 30 alone under force
     held = [e for e in hooked if e["program"] in ("graph", "coop")]
-    assert sorted((e["program"], e["policy"]) for e in held) == [
-        ("coop", "default"), ("coop", "force"), ("graph", "default"), ("graph", "force")]
-    assert all(e["sm"] == "30" for e in held)
+    assert sorted((e["program"], e["policy"], e["sm"]) for e in held) == [
+        ("coop", "default", "30"), ("coop", "default", "30"), ("coop", "default", "70"), ("coop", "force", "30"),
+        ("graph", "default", "30"), ("graph", "default", "30"), ("graph", "default", "70"),
+        ("graph", "force", "30")]
     uncapped = [e for e in hooked if e["program"] == "init"]
     assert all(e["sm"] is None and e["policy"] is None for e in uncapped)
 
