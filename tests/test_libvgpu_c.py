@@ -7,6 +7,7 @@ in each way a program can reach the driver (linked, dlsym, cuGetProcAddress).
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -186,7 +187,7 @@ def test_fake_driver_models_what_the_tests_rely_on(build: tuple[str, Path], tmp_
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
 
-PACING_CASES = ["share_changes_live", "pause_is_not_charged", "power_scale", "force_power_headroom", "clock_order", "force_alone", "two_tenants", "four_tenants", "default_alone_borrows",
+PACING_CASES = ["share_changes_live", "pause_is_not_charged", "turn_edges", "power_scale", "force_power_headroom", "clock_order", "force_alone", "two_tenants", "four_tenants", "default_alone_borrows",
                 "no_banked_credit", "silent_holder_is_displaced", "force_beside_default"]
 
 
@@ -234,6 +235,44 @@ def test_capped_launches_keep_the_gpu_busy_at_the_share(runner: Runner, kind: st
 def test_uncapped_launches_keep_the_gpu_busy(runner: Runner, kind: str) -> None:
     # The control: with no cap the same launches keep the fake GPU over 90% busy.
     print(f"{kind} [{runner.variant}, no cap]: {_pace(runner, kind, {})}")
+
+
+def _timed_turns(stderr: str) -> tuple[int, float]:
+    """(turns charged by the GPU's span, microseconds of edges left out per such turn) from the exit report."""
+    match = re.search(r"turns charged by the GPU's span: (\d+), their edges left out ([\d.]+) us", stderr)
+    assert match, stderr
+    return int(match.group(1)), float(match.group(2))
+
+
+TIMED = {"CUDA_DEVICE_SM_LIMIT": "30", "GPU_CORE_UTILIZATION_POLICY": "force", "LIBVGPU_TURN_CHARGE": "gpu",
+         "FAKE_CUDA_LAUNCH_NS": "1000000", "FAKE_CUDA_START_NS": "400000", "LIBCUDA_LOG_LEVEL": "3"}
+
+
+@pytest.mark.parametrize("kind", sorted(PACE_ACCESS))
+def test_turns_timed_on_the_gpu_leave_out_its_start(runner: Runner, kind: str) -> None:
+    # The fake GPU reaches a turn's first launch 0.4 ms after an idle gap.
+    # Timed with events, each turn is charged without that edge, and the
+    # share still holds (the case checks 30 +- 5% busy).
+    env = {**TIMED, "FAKE_CUDA_GRAPH_LAUNCH_NS": "3000000", "PACE_ONE_ENTRY": "1",
+           "LIBVGPU_ARBITER_DIR": str(runner.tmp / "arbiter")}
+    done = runner.run(f"pace_{kind}", env, PACE_ACCESS[kind])
+    turns, edge_us = _timed_turns(done.stderr)
+    assert turns >= 5, done.stderr
+    assert 350 <= edge_us <= 1000, done.stderr
+
+
+def test_turns_on_two_streams_are_charged_by_host_time(runner: Runner) -> None:
+    # Legacy and per-thread default streams alternate: the events around a
+    # turn would not bracket all its work, so no turn is charged by them.
+    env = {**TIMED, "LIBVGPU_ARBITER_DIR": str(runner.tmp / "arbiter")}
+    done = runner.run("pace_kernel", env)
+    assert _timed_turns(done.stderr)[0] == 0, done.stderr
+
+
+def test_turn_charge_setting_is_checked(runner: Runner) -> None:
+    done = runner.run("pace_kernel", {**TIMED, "LIBVGPU_TURN_CHARGE": "wall"}, expect_ok=False)
+    assert done.returncode != 0
+    assert "LIBVGPU_TURN_CHARGE='wall' is not valid (expected host (the default) or gpu)" in done.stderr
 
 
 def test_default_policy_alone_borrows_the_idle_gpu(runner: Runner) -> None:

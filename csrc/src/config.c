@@ -146,6 +146,13 @@ void vgpu_config_load(void)
     else if (aware)
         g_config.power_aware = aware[0] == '1';
 
+    g_config.gpu_timed_turns = 0;
+    const char *charge = env("LIBVGPU_TURN_CHARGE");
+    if (charge && strcmp(charge, "host") != 0 && strcmp(charge, "gpu") != 0)
+        fail("LIBVGPU_TURN_CHARGE", charge, "expected host (the default) or gpu");
+    else if (charge)
+        g_config.gpu_timed_turns = strcmp(charge, "gpu") == 0;
+
     const char *path = env("CUDA_DEVICE_MEMORY_SHARED_CACHE");
     if (path && strlen(path) >= sizeof g_config.region_path)
         fail("CUDA_DEVICE_MEMORY_SHARED_CACHE", path, "path too long");

@@ -27,6 +27,7 @@ struct vgpu_config {
     int policy;
     uint64_t share_period_ns; /* force: the period whose share% is a turn */
     int power_aware;          /* force: charge turns for the power headroom they used (power.h) */
+    int gpu_timed_turns;      /* charge a turn the GPU's span of its work, timed with events (pacer.h) */
     uint64_t context_size; /* 0 = measure it */
     char region_path[4096];
     char arbiter_dir[4096];

@@ -324,6 +324,7 @@ typedef struct nvmlProcessUtilizationSample_st {
     X(cuEventRecord_ptsz, (CUevent event, CUstream stream), (event, stream))               \
     X(cuEventQuery, (CUevent event), (event))                                              \
     X(cuEventSynchronize, (CUevent event), (event))                                        \
+    X(cuEventElapsedTime, (float *ms, CUevent start, CUevent end), (ms, start, end))       \
     X(cuStreamIsCapturing, (CUstream stream, CUstreamCaptureStatus * status), (stream, status)) \
     X(cuStreamIsCapturing_ptsz, (CUstream stream, CUstreamCaptureStatus * status), (stream, status))
 

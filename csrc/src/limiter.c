@@ -19,6 +19,14 @@ struct device {
     _Atomic int capped; /* set last by configure(), with release order */
     CUevent marker; /* recorded behind a launch when the pacer asks */
     int marker_broken;
+    /* LIBVGPU_TURN_CHARGE=gpu: timed events before a turn's first launch and
+     * after its last, on that launch's stream; a turn that launches on
+     * another stream too is charged by host time. */
+    CUevent turn_begin, turn_end;
+    int timing_broken;
+    int turn_timed; /* turn_begin is recorded for the turn in progress */
+    CUstream turn_stream;
+    int turn_per_thread;
     _Atomic uint64_t busy_ns; /* the pacer's, readable by the statistics thread */
     struct vgpu_power_meter power; /* force only; the statistics thread's after configure */
     int power_aware;
@@ -153,6 +161,64 @@ static int capturing(CUstream stream, int per_thread)
     return query && query(stream, &status) == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
+static cu_fn_cuEventRecord event_record_fn(int per_thread)
+{
+    return per_thread ? vgpu_real.cuEventRecord_ptsz : vgpu_real.cuEventRecord;
+}
+
+static void timing_off(struct device *d, const char *why)
+{
+    d->timing_broken = 1;
+    d->turn_timed = 0;
+    VGPU_WARN("%s: turns will be charged by host time", why);
+}
+
+/* Records the turn's begin event before its first launch. The events are
+ * made in the context of the first turn; if that context goes (a device
+ * reset) they are made again, once. */
+static void time_turn(struct device *d, CUstream stream, int per_thread)
+{
+    d->turn_timed = 0;
+    if (d->timing_broken || capturing(stream, per_thread))
+        return;
+    cu_fn_cuEventRecord record = event_record_fn(per_thread);
+    if (!record || !vgpu_real.cuEventCreate || !vgpu_real.cuEventElapsedTime) {
+        timing_off(d, "the CUDA driver cannot time events");
+        return;
+    }
+    for (int fresh = 0; fresh < 2; fresh++) {
+        if (fresh || !d->turn_begin) {
+            if (d->turn_begin && vgpu_real.cuEventDestroy_v2) {
+                vgpu_real.cuEventDestroy_v2(d->turn_begin);
+                vgpu_real.cuEventDestroy_v2(d->turn_end);
+            }
+            d->turn_begin = d->turn_end = NULL;
+            if (vgpu_real.cuEventCreate(&d->turn_begin, 0) != CUDA_SUCCESS ||
+                vgpu_real.cuEventCreate(&d->turn_end, 0) != CUDA_SUCCESS)
+                break;
+        }
+        if (record(d->turn_begin, stream) == CUDA_SUCCESS) {
+            d->turn_stream = stream;
+            d->turn_per_thread = per_thread;
+            d->turn_timed = 1;
+            return;
+        }
+    }
+    timing_off(d, "cannot create or record a timed CUDA event");
+}
+
+/* The GPU's span of the turn being drained, in ns, or 0 if it was not
+ * timed; call after the drain. */
+static uint64_t turn_gpu_span(struct device *d, int end_recorded)
+{
+    int timed = d->turn_timed && end_recorded;
+    d->turn_timed = 0;
+    float ms = 0;
+    if (!timed || vgpu_real.cuEventElapsedTime(&ms, d->turn_begin, d->turn_end) != CUDA_SUCCESS || !(ms > 0))
+        return 0;
+    return (uint64_t)((double)ms * 1e6);
+}
+
 /* Carries out the pacer's decisions until it says go; returns 0 instead if
  * the launch goes into a capturing stream. Such a launch only records into
  * a graph (it is paced when the graph is launched), and draining or waiting
@@ -173,6 +239,10 @@ static int gate(struct device *d, CUstream stream, int per_thread)
         }
         switch (next.action) {
         case VGPU_PACE_GO:
+            if (p->acquired && vgpu_config()->gpu_timed_turns)
+                time_turn(d, stream, per_thread);
+            else if (d->turn_timed && (stream != d->turn_stream || per_thread != d->turn_per_thread))
+                d->turn_timed = 0; /* a second stream: its work is not between the events */
             atomic_store_explicit(&d->busy_ns, p->busy_ns, memory_order_relaxed);
             return 1;
         case VGPU_PACE_SLEEP:
@@ -183,11 +253,17 @@ static int gate(struct device *d, CUstream stream, int per_thread)
                 clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
             }
             break;
-        case VGPU_PACE_DRAIN:
+        case VGPU_PACE_DRAIN: {
+            /* This launch's stream was just found not capturing, and a timed
+             * turn has launched on this stream alone. */
+            int end_recorded = d->turn_timed && stream == d->turn_stream && per_thread == d->turn_per_thread &&
+                               event_record_fn(per_thread)(d->turn_end, stream) == CUDA_SUCCESS;
             vgpu_real.cuCtxSynchronize();
-            vgpu_pacer_drained(p, mono_ns());
+            uint64_t end = mono_ns();
+            vgpu_pacer_drained(p, end, turn_gpu_span(d, end_recorded));
             atomic_store_explicit(&d->busy_ns, p->busy_ns, memory_order_relaxed);
             break;
+        }
         case VGPU_PACE_WAIT_MARKER:
             vgpu_real.cuEventSynchronize(d->marker);
             vgpu_pacer_marker_done(p, mono_ns());
@@ -207,7 +283,7 @@ static void record_marker(struct device *d, CUstream stream, int per_thread)
         VGPU_WARN("cannot create a CUDA event: turns will be bounded by time only");
         return;
     }
-    cu_fn_cuEventRecord record = per_thread ? vgpu_real.cuEventRecord_ptsz : vgpu_real.cuEventRecord;
+    cu_fn_cuEventRecord record = event_record_fn(per_thread);
     if (record && record(d->marker, stream) == CUDA_SUCCESS) {
         vgpu_pacer_marker_recorded(&d->pacer);
         return;
@@ -285,6 +361,9 @@ __attribute__((destructor)) static void report(void)
                   (unsigned long long)p->extensions, (unsigned long long)p->displaced,
                   (unsigned long long)p->paused, (double)p->per_launch / 1e3,
                   p->charge_scale / 1024.0);
+        if (vgpu_config()->gpu_timed_turns)
+            VGPU_INFO("turns charged by the GPU's span: %llu, their edges left out %.1f us each on average",
+                      (unsigned long long)p->timed, p->timed ? (double)p->edges_ns / 1e3 / (double)p->timed : 0.0);
         const struct vgpu_power_meter *m = &g_device[e].power;
         if (g_device[e].power_aware)
             VGPU_INFO("power: %.0f W at rest, %.0f W taken between turns, limit %.0f W; last window %.0f W at "

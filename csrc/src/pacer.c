@@ -49,9 +49,9 @@ static void charge(struct vgpu_pacer *p, uint64_t used, uint64_t now)
     p->busy_ns += used;
 }
 
-static void end_turn(struct vgpu_pacer *p, uint64_t end)
+/* Ends the turn at `end` (host time), charging `used` of GPU time for it. */
+static void finish_turn(struct vgpu_pacer *p, uint64_t end, uint64_t used)
 {
-    uint64_t used = end > p->turn_start ? end - p->turn_start : 0;
     charge(p, used, end);
     vgpu_arbiter_release(p->arb, p->me);
     p->holding = 0;
@@ -61,6 +61,11 @@ static void end_turn(struct vgpu_pacer *p, uint64_t end)
         p->debt -= repay;
         p->credit -= (int64_t)(used * p->charge_scale / 1024u + repay);
     }
+}
+
+static void end_turn(struct vgpu_pacer *p, uint64_t end)
+{
+    finish_turn(p, end, end > p->turn_start ? end - p->turn_start : 0);
 }
 
 static void start_turn(struct vgpu_pacer *p, uint64_t now)
@@ -73,6 +78,7 @@ static void start_turn(struct vgpu_pacer *p, uint64_t now)
 
 struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64_t now)
 {
+    int acquired = 0;
     if (p->marker == 2 && p->marker_is_probe)
         return (struct vgpu_pacer_decision){VGPU_PACE_WAIT_MARKER, 0};
     if (p->holding && !vgpu_arbiter_holds(p->arb, p->me)) {
@@ -114,6 +120,7 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
         p->holding = 1;
         p->turns++;
         start_turn(p, now);
+        acquired = 1;
     }
     p->turn_launches++;
     p->turn_work += p->per_launch;
@@ -124,6 +131,7 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
         vgpu_arbiter_note_launch(p->arb, now);
         p->last_note = now;
     }
+    p->acquired = acquired;
     return (struct vgpu_pacer_decision){VGPU_PACE_GO, 0};
 }
 
@@ -142,7 +150,20 @@ static uint64_t work_end(const struct vgpu_pacer *p, uint64_t end)
     return guess < end ? guess : end;
 }
 
-void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end)
+/* What a drained turn used of the GPU: its host span, or the GPU's own span
+ * of its work when that was timed and differs from the host's only by the
+ * edges (the GPU reaching the turn's first launch, the drain's return). A
+ * larger difference means the timing missed work (another stream, say):
+ * then the host span, which never charges less than the turn held. */
+static uint64_t turn_use(const struct vgpu_pacer *p, uint64_t end, uint64_t gpu_ns)
+{
+    uint64_t span = end > p->turn_start ? end - p->turn_start : 0;
+    if (gpu_ns == 0 || gpu_ns >= span || span - gpu_ns > VGPU_PACER_EDGE_MAX)
+        return span;
+    return gpu_ns;
+}
+
+void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end, uint64_t gpu_ns)
 {
     p->drains++;
     if (p->marker == 2 && !p->marker_is_probe)
@@ -153,12 +174,17 @@ void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end)
         end_turn(p, done);
         return;
     }
+    uint64_t used = turn_use(p, end, gpu_ns);
+    if (used < end - p->turn_start) {
+        p->timed++;
+        p->edges_ns += end - p->turn_start - used;
+    }
     /* What one launch costs the GPU, learnt from this turn. */
-    if (p->turn_launches > 0 && end > p->turn_start) {
-        uint64_t per = (end - p->turn_start) / p->turn_launches;
+    if (p->turn_launches > 0 && used > 0) {
+        uint64_t per = used / p->turn_launches;
         p->per_launch = p->per_launch ? (p->per_launch + per) / 2 : per;
     }
-    end_turn(p, end);
+    finish_turn(p, end, used);
 }
 
 void vgpu_pacer_set_charge_scale(struct vgpu_pacer *p, uint32_t scale)

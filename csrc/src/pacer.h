@@ -17,7 +17,10 @@
  *   (work-conserving), the process waiting first for the work of the
  *   previous quantum so that it never has much more than a quantum queued;
  *   otherwise the process drains its work from the GPU, is charged the
- *   turn's real length, and gives the GPU up.
+ *   turn's real length, and gives the GPU up. The real length is the host's
+ *   span (first launch call to drained) or, where the limiter times the
+ *   turn with events, the GPU's own span of its work, which leaves out the
+ *   edges: the GPU reaching the first launch, the drain's return.
  * - Under `force` the share is a token bucket: credit accrues at s% of wall
  *   time, at most one quantum of it (nothing is banked), and starts empty
  *   (no start-up credit); a turn may start when the credit is not negative
@@ -67,7 +70,14 @@ struct vgpu_pacer {
     uint64_t drain_asked;              /* when the pending drain was asked for */
     uint64_t drains, displaced, extensions;
     uint64_t paused;                   /* turns that ended in a pause: charged up to their work's end */
+    int acquired;                      /* the last go began a turn (not a launch within one) */
+    uint64_t timed, edges_ns;          /* turns charged by the GPU's span, and the edge time left out */
 };
+
+/* The most a turn's GPU span may fall short of its host span and still be
+ * the charge: the edges (the GPU reaching the first launch, the drain's
+ * return) take tens to hundreds of microseconds; more means missed work. */
+#define VGPU_PACER_EDGE_MAX 1000000ull
 
 /* Sets the pacer up for a share (percent, 1..99) on an arbiter tenant; under
  * force a turn is the share of `period` (ns). */
@@ -87,8 +97,11 @@ void vgpu_pacer_set_charge_scale(struct vgpu_pacer *p, uint32_t scale);
 /* What to do before a launch at `now`. Repeat until VGPU_PACE_GO. */
 struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64_t now);
 
-/* The drain asked for finished at `end`. */
-void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end);
+/* The drain asked for finished at `end`. `gpu_ns` is the GPU's own span of
+ * the turn's work, from just before its first launch to just after its last
+ * (timed events), or 0 when it was not timed: the turn is then charged from
+ * its first launch call to `end`. */
+void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end, uint64_t gpu_ns);
 
 /* After a launch: 1 if a marker should be recorded behind it (then call
  * vgpu_pacer_marker_recorded, or nothing if recording failed). */

@@ -816,8 +816,17 @@ static const char *const g_kind_exports[][4] = {
 };
 
 /* The i-th launch of a kind: through each of its entry points in turn. */
+/* PACE_ONE_ENTRY=1: every launch through the kind's first (legacy-stream)
+ * entry point, so that a turn's launches share one stream. */
 static CUresult launch_one(enum launch_kind kind, uint64_t i)
 {
+    static int one_entry = -1;
+    if (one_entry < 0) {
+        const char *v = getenv("PACE_ONE_ENTRY");
+        one_entry = v && strcmp(v, "1") == 0;
+    }
+    if (one_entry)
+        i = 0;
     CUfunction f = (CUfunction)&g_pool; /* opaque to the fake; never dereferenced */
     CUlaunchConfig config = {.gridDimX = 1, .gridDimY = 1, .gridDimZ = 1, .blockDimX = 32, .blockDimY = 1,
                              .blockDimZ = 1, .hStream = NULL};

@@ -460,6 +460,8 @@ CUresult cuCtxGetDevice(CUdevice *dev)
  * processes' work does not delay this one's. Times are CLOCK_MONOTONIC ns.
  * Durations come from FAKE_CUDA_LAUNCH_NS and FAKE_CUDA_GRAPH_LAUNCH_NS,
  * read at load; the default 0 makes every launch complete at once.
+ * FAKE_CUDA_START_NS (default 0) is how long an idle GPU takes to reach
+ * what is queued on it, launch or event: a real GPU's edge at a turn's start.
  */
 struct timeline {
     unsigned long long busy_until; /* when the last queued work completes */
@@ -468,7 +470,7 @@ struct timeline {
 
 static pthread_mutex_t g_timeline_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct timeline g_timeline[FAKE_MAX_DEVICES]; /* by physical device */
-static unsigned long long g_launch_ns, g_graph_launch_ns;
+static unsigned long long g_launch_ns, g_graph_launch_ns, g_start_ns;
 
 static unsigned long long mono_ns(void)
 {
@@ -505,6 +507,7 @@ static void read_timeline_config(void)
 {
     g_launch_ns = env_ns("FAKE_CUDA_LAUNCH_NS", 0);
     g_graph_launch_ns = env_ns("FAKE_CUDA_GRAPH_LAUNCH_NS", g_launch_ns);
+    g_start_ns = env_ns("FAKE_CUDA_START_NS", 0);
 }
 
 /* Queue `duration` of work on a device; returns when it will be done. */
@@ -513,7 +516,7 @@ static unsigned long long timeline_enqueue(int physical, unsigned long long dura
     unsigned long long now = mono_ns();
     pthread_mutex_lock(&g_timeline_lock);
     struct timeline *t = &g_timeline[physical];
-    t->busy_until = (t->busy_until > now ? t->busy_until : now) + duration;
+    t->busy_until = (t->busy_until > now ? t->busy_until : now + g_start_ns) + duration;
     t->enqueued += duration;
     unsigned long long done = t->busy_until;
     pthread_mutex_unlock(&g_timeline_lock);
@@ -559,6 +562,7 @@ struct CUevent_st {
     struct CUctx_st *ctx;    /* the context it was created in */
     int physical;            /* that context's device */
     bool recorded;
+    bool timing; /* created without CU_EVENT_DISABLE_TIMING */
     unsigned long long done_at;
 };
 
@@ -603,6 +607,7 @@ CUresult cuEventCreate(CUevent *event, unsigned int flags)
         return CUDA_ERROR_OUT_OF_MEMORY;
     e->ctx = c;
     e->physical = c->physical;
+    e->timing = !(flags & CU_EVENT_DISABLE_TIMING);
     pthread_mutex_lock(&g_lock);
     e->next = g_events;
     g_events = e;
@@ -628,14 +633,15 @@ CUresult cuEventDestroy_v2(CUevent event)
     return CUDA_SUCCESS;
 }
 
-/* The stream is not looked at: the device has one queue. */
+/* The stream is not looked at: the device has one queue. An event is
+ * queued like work that takes no time. */
 static CUresult event_record(CUevent event)
 {
     REQUIRE_INIT();
     pthread_mutex_lock(&g_lock);
     CUresult rc = CUDA_ERROR_INVALID_HANDLE;
     if (event_valid_locked(event)) {
-        event->done_at = timeline_tail(event->physical);
+        event->done_at = timeline_enqueue(event->physical, 0);
         event->recorded = true;
         rc = CUDA_SUCCESS;
     }
@@ -682,6 +688,26 @@ CUresult cuEventSynchronize(CUevent event)
     if (!event_done_at(event, &at))
         return CUDA_ERROR_INVALID_HANDLE;
     sleep_until(at);
+    return CUDA_SUCCESS;
+}
+
+/* The time between two timed events, both complete, as CUDA answers it. */
+CUresult cuEventElapsedTime(float *ms, CUevent start, CUevent end)
+{
+    REQUIRE_INIT();
+    if (!ms)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_lock);
+    bool valid = event_valid_locked(start) && event_valid_locked(end) && start->recorded && end->recorded &&
+                 start->timing && end->timing;
+    unsigned long long from = valid ? start->done_at : 0, to = valid ? end->done_at : 0;
+    pthread_mutex_unlock(&g_lock);
+    if (!valid)
+        return CUDA_ERROR_INVALID_HANDLE;
+    unsigned long long now = mono_ns();
+    if (now < from || now < to)
+        return CUDA_ERROR_NOT_READY;
+    *ms = (float)(((double)to - (double)from) / 1e6);
     return CUDA_SUCCESS;
 }
 
@@ -1625,6 +1651,7 @@ static const struct proc_entry g_procs[] = {
     PROC_PTSZ("cuEventRecord", cuEventRecord_ptsz, 7000),
     PROC("cuEventQuery", cuEventQuery, 2000),
     PROC("cuEventSynchronize", cuEventSynchronize, 2000),
+    PROC("cuEventElapsedTime", cuEventElapsedTime, 2000),
     PROC("cuStreamIsCapturing", cuStreamIsCapturing, 10000),
     PROC_PTSZ("cuStreamIsCapturing", cuStreamIsCapturing_ptsz, 10000),
     /* linear memory */
