@@ -322,7 +322,9 @@ def render_header(meta: dict, records: Sequence[dict]) -> List[str]:
     commit = f"{meta.get('git_commit') or 'unknown'}{' + uncommitted changes' if meta.get('git_dirty') else ''}"
     return [f"- **Date:** {meta.get('started', 'unknown')}", f"- **Device:** {device}",
             f"- **Software:** {software}", f"- **Command:** `{meta.get('command', 'unknown')}`",
-            f"- **Source:** {commit}; libvgpu sha256 {str(meta.get('library_sha256', ''))[:16]}", ""]
+            f"- **Source:** {commit}; libvgpu sha256 {str(meta.get('library_sha256', ''))[:16]}"] + (
+        [f"- **libvgpu settings:** {' '.join(f'{k}={v}' for k, v in sorted(meta['slice_env'].items()))}"]
+        if meta.get("slice_env") else []) + [""]
 
 
 def render_report(records: Sequence[dict], errors: Sequence[dict], meta: Optional[dict] = None) -> str:
@@ -381,10 +383,12 @@ class Slice:
     memory_limit: str = MEMORY_LIMIT
     sm_limit: Optional[int] = None
     policy: Optional[str] = None
+    extra: Tuple[Tuple[str, str], ...] = ()  # --slice-env settings, the same for every slice of a run
 
     def variables(self, library: str) -> Dict[str, str]:
         env = {"LD_PRELOAD": library, "CUDA_DEVICE_MEMORY_LIMIT": self.memory_limit,
                "CUDA_DEVICE_MEMORY_SHARED_CACHE": self.region, "LIBVGPU_ARBITER_DIR": self.arbiter_dir}
+        env.update(self.extra)
         if self.sm_limit is not None:
             env["CUDA_DEVICE_SM_LIMIT"] = str(self.sm_limit)
         if self.policy is not None:
@@ -578,6 +582,7 @@ class Context:
     durations: Durations
     worker_cmd: List[str]
     library: str
+    slice_env: Dict[str, str] = field(default_factory=dict)  # --slice-env: more of libvgpu's settings
     base_env: Dict[str, str] = field(default_factory=lambda: dict(os.environ))
     timeouts: Timeouts = field(default_factory=Timeouts)
     baselines: Dict[str, dict] = field(default_factory=dict)
@@ -595,7 +600,8 @@ class Context:
         region = self.step_dir() / f"{tenant}.region"
         if region.exists():
             raise RuntimeError(f"region {region} already used in this step")
-        return Slice(region=str(region), arbiter_dir=str(self.step_dir() / "arbiter"), **kwargs)
+        return Slice(region=str(region), arbiter_dir=str(self.step_dir() / "arbiter"),
+                     extra=tuple(sorted(self.slice_env.items())), **kwargs)
 
     def baseline(self, shape: str) -> dict:
         if shape not in self.baselines:
@@ -1051,6 +1057,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--long-seconds", type=positive_seconds, metavar="S",
                         help="run each share measurement for S seconds (the long run) instead of 30")
     parser.add_argument("--library", help="libvgpu.so to preload (default: the installed one)")
+    parser.add_argument("--slice-env", type=slice_setting, action="append", default=[], metavar="NAME=VALUE",
+                        help="one more libvgpu setting for every hooked worker, such as "
+                             "LIBVGPU_TURN_CHARGE=gpu (repeatable; the slice's own variables cannot be set)")
     parser.add_argument("--worker-cmd", type=shlex.split, metavar="CMD",
                         default=[sys.executable, str(BENCH_DIR / "workloads.py")],
                         help="command that starts a worker (default: python3 bench/workloads.py)")
@@ -1071,6 +1080,20 @@ def choices(allowed: Sequence[str]) -> Callable[[str], Tuple[str, ...]]:
             raise argparse.ArgumentTypeError(f"unknown {unknown or repr(text)}; choose from {', '.join(allowed)}")
         return names
     return parse
+
+
+SLICE_OWN = ("LD_PRELOAD", "CUDA_DEVICE_MEMORY_LIMIT", "CUDA_DEVICE_SM_LIMIT", "GPU_CORE_UTILIZATION_POLICY",
+             "CUDA_DEVICE_MEMORY_SHARED_CACHE", "LIBVGPU_ARBITER_DIR")
+
+
+def slice_setting(text: str) -> Tuple[str, str]:
+    """An argparse type: NAME=VALUE for one of libvgpu's LIBVGPU_* or LIBCUDA_* settings."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith(("LIBVGPU_", "LIBCUDA_")):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE for a LIBVGPU_* or LIBCUDA_* setting")
+    if name in SLICE_OWN or name.startswith(("CUDA_DEVICE_SM_LIMIT", "CUDA_DEVICE_MEMORY_LIMIT")):
+        raise argparse.ArgumentTypeError(f"{name} is set by each measurement's slice")
+    return name, value
 
 
 def percents(text: str) -> Tuple[int, ...]:
@@ -1127,8 +1150,10 @@ def main(argv: Optional[Sequence[str]] = None, timeouts: Optional[Timeouts] = No
     if not Path(library).is_file():
         raise SystemExit(f"suite: libvgpu {library!r} is not a file")
     library = str(Path(library).resolve())
-    ctx = Context(durations=d, worker_cmd=args.worker_cmd, library=library, timeouts=timeouts or Timeouts())
+    ctx = Context(durations=d, worker_cmd=args.worker_cmd, library=library, timeouts=timeouts or Timeouts(),
+                  slice_env=dict(args.slice_env))
     meta = metadata(args, library, d)
+    meta["slice_env"] = dict(args.slice_env)
     data: Dict[str, object] = {"suite": meta, "records": [], "errors": []}
 
     def save(records: List[dict], errors: List[dict]) -> None:

@@ -45,7 +45,8 @@ def log(event):
 
 log({"program": program, "pid": os.getpid(), "hooked": hooked,
      "region": env.get("CUDA_DEVICE_MEMORY_SHARED_CACHE"), "arbiter": env.get("LIBVGPU_ARBITER_DIR"),
-     "sm": env.get("CUDA_DEVICE_SM_LIMIT"), "policy": env.get("GPU_CORE_UTILIZATION_POLICY")})
+     "sm": env.get("CUDA_DEVICE_SM_LIMIT"), "policy": env.get("GPU_CORE_UTILIZATION_POLICY"),
+     "charge": env.get("LIBVGPU_TURN_CHARGE")})
 if env.get("FAKE_FAIL") == program:
     print("boom: " + program + " broke", file=sys.stderr)
     sys.exit(1)
@@ -306,6 +307,31 @@ def test_worker_env_native_and_hooked() -> None:
     assert env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] == "/t/a.region" and env["LIBVGPU_ARBITER_DIR"] == "/t/arbiter"
     uncapped = suite.worker_env(base, "/lib.so", suite.Slice(region="/r", arbiter_dir="/a"))
     assert "CUDA_DEVICE_SM_LIMIT" not in uncapped and "GPU_CORE_UTILIZATION_POLICY" not in uncapped
+
+
+def test_slice_env_reaches_every_hooked_worker_and_no_native_one(fake: dict,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    rc, data = run_suite(fake, "--quick", "--only", "share", "--shapes", "sync", "--caps", "30",
+                         "--slice-env", "LIBVGPU_TURN_CHARGE=gpu")
+    assert rc == 0
+    events = worker_log(fake)
+    assert {e["charge"] for e in events if e["hooked"]} == {"gpu"}
+    assert {e["charge"] for e in events if not e["hooked"]} == {None}
+    assert data["suite"]["slice_env"] == {"LIBVGPU_TURN_CHARGE": "gpu"}
+    assert "- **libvgpu settings:** LIBVGPU_TURN_CHARGE=gpu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("LIBVGPU_TURN_CHARGE", "expected NAME=VALUE"),
+    ("PATH=/bin", "expected NAME=VALUE for a LIBVGPU_* or LIBCUDA_* setting"),
+    ("LIBVGPU_ARBITER_DIR=/x", "is set by each measurement's slice"),
+])
+def test_slice_env_refuses_what_is_not_a_library_setting(setting: str, message: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stop:
+        suite.parse_args(["--slice-env", setting])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_parse_size() -> None:
