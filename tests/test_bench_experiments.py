@@ -19,7 +19,8 @@ windows = [[i * 0.5, (i + 1) * 0.5, (1000 * cap // 100) // 2 + (5 if i == 0 else
 print(json.dumps({"windows": windows, "iterations": sum(w[2] for w in windows), "t0": 0.0}))
 if os.environ.get("LD_PRELOAD"):
     print(f"vgpu: compute share {cap}%: 9 turns, policy={os.environ['GPU_CORE_UTILIZATION_POLICY']} "
-          f"period={os.environ.get('LIBVGPU_SHARE_PERIOD_MS')} region={os.environ['CUDA_DEVICE_MEMORY_SHARED_CACHE']}",
+          f"period={os.environ.get('LIBVGPU_SHARE_PERIOD_MS')} charge={os.environ.get('LIBVGPU_TURN_CHARGE')} "
+          f"region={os.environ['CUDA_DEVICE_MEMORY_SHARED_CACHE']}",
           file=sys.stderr)
 '''
 
@@ -64,3 +65,24 @@ def test_share_vs_period_runs_each_cap_and_period_in_its_own_slice(tmp_path: Pat
     assert all("policy=force" in r for r in reports)
     regions = {r.split("region=")[1] for r in reports}
     assert len(regions) == 4  # a fresh slice for every run
+
+
+def test_setting_ab_runs_each_value_of_a_setting_on_each_shape(tmp_path: Path) -> None:
+    worker = tmp_path / "worker.py"
+    worker.write_text(STAND_IN)
+    done = subprocess.run(["bash", str(EXPERIMENTS / "setting_ab.sh"), str(tmp_path / "out"), "3",
+                           "LIBVGPU_TURN_CHARGE", "host gpu", "small:4194304:10 sync:4096:30"],
+                          capture_output=True, text=True, timeout=120,
+                          env={"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+                               "WORKLOADS": f"{sys.executable} {worker}"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    shares = [line.split(":")[0].strip() for line in lines if "it/s" in line]
+    assert shares == ["small 4194304 10% LIBVGPU_TURN_CHARGE=host", "small 4194304 10% LIBVGPU_TURN_CHARGE=gpu",
+                      "sync 4096 30% LIBVGPU_TURN_CHARGE=host", "sync 4096 30% LIBVGPU_TURN_CHARGE=gpu"]
+    reports = [line for line in lines if line.startswith("turns")]
+    assert [r.split("charge=")[1].split()[0] for r in reports] == ["host", "gpu", "host", "gpu"]
+    assert len({r.split("region=")[1] for r in reports}) == 4
+    # one native run per shape, shared by both values
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.native.json")) == [
+        "small.4194304.native.json", "sync.4096.native.json"]

@@ -18,4 +18,4 @@ slice_env() {
 share_summary() { python3 "$here/share_summary.py" "$@"; }
 
 # limiter_report ERRFILE: the limiter's exit report (turns, power) from a run's stderr
-limiter_report() { grep -ho -e "turns.*" -e "power:.*" "$1" | head -2; }
+limiter_report() { grep -ho -e "turns.*" -e "power:.*" "$1" | head -3; }
