@@ -173,6 +173,27 @@ static void timing_off(struct device *d, const char *why)
     VGPU_WARN("%s: turns will be charged by host time", why);
 }
 
+/* (Re)makes the pair of timed events in the current context; 0 on success. */
+static int make_turn_events(struct device *d)
+{
+    CUevent *events[] = {&d->turn_begin, &d->turn_end};
+    for (int i = 0; i < 2; i++) {
+        if (*events[i] && vgpu_real.cuEventDestroy_v2)
+            vgpu_real.cuEventDestroy_v2(*events[i]);
+        *events[i] = NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (vgpu_real.cuEventCreate(events[i], 0) != CUDA_SUCCESS) {
+            *events[i] = NULL;
+            if (i == 1 && vgpu_real.cuEventDestroy_v2)
+                vgpu_real.cuEventDestroy_v2(d->turn_begin);
+            d->turn_begin = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Records the turn's begin event before its first launch. The events are
  * made in the context of the first turn; if that context goes (a device
  * reset) they are made again, once. */
@@ -187,16 +208,8 @@ static void time_turn(struct device *d, CUstream stream, int per_thread)
         return;
     }
     for (int fresh = 0; fresh < 2; fresh++) {
-        if (fresh || !d->turn_begin) {
-            if (d->turn_begin && vgpu_real.cuEventDestroy_v2) {
-                vgpu_real.cuEventDestroy_v2(d->turn_begin);
-                vgpu_real.cuEventDestroy_v2(d->turn_end);
-            }
-            d->turn_begin = d->turn_end = NULL;
-            if (vgpu_real.cuEventCreate(&d->turn_begin, 0) != CUDA_SUCCESS ||
-                vgpu_real.cuEventCreate(&d->turn_end, 0) != CUDA_SUCCESS)
-                break;
-        }
+        if ((fresh || !d->turn_begin) && make_turn_events(d) != 0)
+            break;
         if (record(d->turn_begin, stream) == CUDA_SUCCESS) {
             d->turn_stream = stream;
             d->turn_per_thread = per_thread;

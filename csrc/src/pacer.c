@@ -155,9 +155,8 @@ static uint64_t work_end(const struct vgpu_pacer *p, uint64_t end)
  * edges (the GPU reaching the turn's first launch, the drain's return). A
  * larger difference means the timing missed work (another stream, say):
  * then the host span, which never charges less than the turn held. */
-static uint64_t turn_use(const struct vgpu_pacer *p, uint64_t end, uint64_t gpu_ns)
+static uint64_t turn_use(uint64_t span, uint64_t gpu_ns)
 {
-    uint64_t span = end > p->turn_start ? end - p->turn_start : 0;
     if (gpu_ns == 0 || gpu_ns >= span || span - gpu_ns > VGPU_PACER_EDGE_MAX)
         return span;
     return gpu_ns;
@@ -174,10 +173,10 @@ void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end, uint64_t gpu_ns)
         end_turn(p, done);
         return;
     }
-    uint64_t used = turn_use(p, end, gpu_ns);
-    if (used < end - p->turn_start) {
+    uint64_t span = end > p->turn_start ? end - p->turn_start : 0, used = turn_use(span, gpu_ns);
+    if (used < span) {
         p->timed++;
-        p->edges_ns += end - p->turn_start - used;
+        p->edges_ns += span - used;
     }
     /* What one launch costs the GPU, learnt from this turn. */
     if (p->turn_launches > 0 && used > 0) {
