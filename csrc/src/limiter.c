@@ -166,58 +166,43 @@ static cu_fn_cuEventRecord event_record_fn(int per_thread)
     return per_thread ? vgpu_real.cuEventRecord_ptsz : vgpu_real.cuEventRecord;
 }
 
-static void timing_off(struct device *d, const char *why)
+/* Records *event (made with `flags` on first use) on a stream. If that
+ * fails, the event belonged to a context that is gone (a device reset) or is
+ * not this launch's: one is made in the current context and recorded
+ * instead. 0 on success. */
+static int record_event(CUevent *event, unsigned int flags, CUstream stream, int per_thread)
 {
-    d->timing_broken = 1;
-    d->turn_timed = 0;
-    VGPU_WARN("%s: turns will be charged by host time", why);
+    cu_fn_cuEventRecord record = event_record_fn(per_thread);
+    if (!record || !vgpu_real.cuEventCreate)
+        return -1;
+    if (*event && record(*event, stream) == CUDA_SUCCESS)
+        return 0;
+    CUevent fresh = NULL;
+    if (vgpu_real.cuEventCreate(&fresh, flags) == CUDA_SUCCESS && record(fresh, stream) == CUDA_SUCCESS) {
+        if (*event && vgpu_real.cuEventDestroy_v2)
+            vgpu_real.cuEventDestroy_v2(*event);
+        *event = fresh;
+        return 0;
+    }
+    if (fresh && vgpu_real.cuEventDestroy_v2)
+        vgpu_real.cuEventDestroy_v2(fresh);
+    return -1;
 }
 
-/* (Re)makes the pair of timed events in the current context; 0 on success. */
-static int make_turn_events(struct device *d)
-{
-    CUevent *events[] = {&d->turn_begin, &d->turn_end};
-    for (int i = 0; i < 2; i++) {
-        if (*events[i] && vgpu_real.cuEventDestroy_v2)
-            vgpu_real.cuEventDestroy_v2(*events[i]);
-        *events[i] = NULL;
-    }
-    for (int i = 0; i < 2; i++) {
-        if (vgpu_real.cuEventCreate(events[i], 0) != CUDA_SUCCESS) {
-            *events[i] = NULL;
-            if (i == 1 && vgpu_real.cuEventDestroy_v2)
-                vgpu_real.cuEventDestroy_v2(d->turn_begin);
-            d->turn_begin = NULL;
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* Records the turn's begin event before its first launch. The events are
- * made in the context of the first turn; if that context goes (a device
- * reset) they are made again, once. */
+/* Records the turn's begin event before its first launch. */
 static void time_turn(struct device *d, CUstream stream, int per_thread)
 {
     d->turn_timed = 0;
     if (d->timing_broken || capturing(stream, per_thread))
         return;
-    cu_fn_cuEventRecord record = event_record_fn(per_thread);
-    if (!record || !vgpu_real.cuEventCreate || !vgpu_real.cuEventElapsedTime) {
-        timing_off(d, "the CUDA driver cannot time events");
+    if (!vgpu_real.cuEventElapsedTime || record_event(&d->turn_begin, 0, stream, per_thread) != 0) {
+        d->timing_broken = 1;
+        VGPU_WARN("cannot record a timed CUDA event: turns will be charged by host time");
         return;
     }
-    for (int fresh = 0; fresh < 2; fresh++) {
-        if ((fresh || !d->turn_begin) && make_turn_events(d) != 0)
-            break;
-        if (record(d->turn_begin, stream) == CUDA_SUCCESS) {
-            d->turn_stream = stream;
-            d->turn_per_thread = per_thread;
-            d->turn_timed = 1;
-            return;
-        }
-    }
-    timing_off(d, "cannot create or record a timed CUDA event");
+    d->turn_stream = stream;
+    d->turn_per_thread = per_thread;
+    d->turn_timed = 1;
 }
 
 /* The GPU's span of the turn being drained, in ns, or 0 if it was not
@@ -270,7 +255,7 @@ static int gate(struct device *d, CUstream stream, int per_thread)
             /* This launch's stream was just found not capturing, and a timed
              * turn has launched on this stream alone. */
             int end_recorded = d->turn_timed && stream == d->turn_stream && per_thread == d->turn_per_thread &&
-                               event_record_fn(per_thread)(d->turn_end, stream) == CUDA_SUCCESS;
+                               record_event(&d->turn_end, 0, stream, per_thread) == 0;
             vgpu_real.cuCtxSynchronize();
             uint64_t end = mono_ns();
             vgpu_pacer_drained(p, end, turn_gpu_span(d, end_recorded));
@@ -289,30 +274,12 @@ static void record_marker(struct device *d, CUstream stream, int per_thread)
 {
     if (d->marker_broken || !vgpu_pacer_want_marker(&d->pacer) || capturing(stream, per_thread))
         return;
-    if (!d->marker && (!vgpu_real.cuEventCreate ||
-                      vgpu_real.cuEventCreate(&d->marker, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS)) {
-        d->marker = NULL;
-        d->marker_broken = 1;
-        VGPU_WARN("cannot create a CUDA event: turns will be bounded by time only");
-        return;
-    }
-    cu_fn_cuEventRecord record = event_record_fn(per_thread);
-    if (record && record(d->marker, stream) == CUDA_SUCCESS) {
+    if (record_event(&d->marker, CU_EVENT_DISABLE_TIMING, stream, per_thread) == 0) {
         vgpu_pacer_marker_recorded(&d->pacer);
         return;
     }
-    /* The event belonged to a context that is gone (a device reset) or is
-     * not this launch's: make one here. Without markers a lone process under
-     * `default` could queue far more than a quantum, so say so if it fails. */
-    CUevent fresh = NULL;
-    if (record && vgpu_real.cuEventCreate(&fresh, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS &&
-        record(fresh, stream) == CUDA_SUCCESS) {
-        d->marker = fresh;
-        vgpu_pacer_marker_recorded(&d->pacer);
-        return;
-    }
-    if (fresh && vgpu_real.cuEventDestroy_v2)
-        vgpu_real.cuEventDestroy_v2(fresh);
+    /* Without markers a lone process under `default` could queue far more
+     * than a quantum: say so. */
     d->marker_broken = 1;
     VGPU_WARN("cannot record a CUDA event: turns will be bounded by time only");
 }
