@@ -58,6 +58,7 @@ AGGREGATE_GOAL = 0.95            # four tenants together / one alone, at least
 MEMORY_LIMIT = "16g"             # every hooked tenant's VRAM slice
 INIT_BATCH_MEMORY_LIMIT = "48g"  # the one slice of the init batch: 64 contexts of ~0.5 GiB
 GIB = 1 << 30
+DIRTY_PATHS_SHOWN = 8            # uncommitted paths named in a report's source line
 
 # Rough costs, for the plan's time estimate only.
 # Seen on an H100 (2026-11-24): ~6 s for a torch worker with 1 s of warm-up, ~1.5 s for a CuPy one.
@@ -319,7 +320,10 @@ def render_header(meta: dict, records: Sequence[dict]) -> List[str]:
     device = meta.get("gpu") or info.get("device", "unknown")
     software = (f"PyTorch {info['torch']} (CUDA {info.get('torch_cuda')}), CuPy {info['cupy']}, "
                 f"Python {info.get('python')}") if info else "unknown (the preflight did not run)"
-    commit = f"{meta.get('git_commit') or 'unknown'}{' + uncommitted changes' if meta.get('git_dirty') else ''}"
+    dirty = meta.get("git_dirty")
+    changed = f" + uncommitted changes ({', '.join(dirty)})" if isinstance(dirty, list) and dirty else (
+        " + uncommitted changes" if dirty else "")
+    commit = f"{meta.get('git_commit') or 'unknown'}{changed}"
     return [f"- **Date:** {meta.get('started', 'unknown')}", f"- **Device:** {device}",
             f"- **Software:** {software}", f"- **Command:** `{meta.get('command', 'unknown')}`",
             f"- **Source:** {commit}; libvgpu sha256 {str(meta.get('library_sha256', ''))[:16]}"] + (
@@ -1020,14 +1024,16 @@ def file_sha256(path: str) -> str:
 
 def metadata(args: argparse.Namespace, library: str, d: Durations) -> dict:
     git = command_output(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT)
-    dirty = command_output(["git", "status", "--porcelain"], cwd=REPO_ROOT)
+    status = command_output(["git", "status", "--porcelain"], cwd=REPO_ROOT) or ""
+    # The paths themselves, so that a reader can tell an edit to the code from a stray file.
+    dirty = [line[3:] for line in status.splitlines() if line.strip()][:DIRTY_PATHS_SHOWN]
     return {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]) if args.argv is None else shlex.join(args.argv),
         "host": platform.node(),
         "gpu": command_output(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
                                "--format=csv,noheader"]),
-        "git_commit": git, "git_dirty": bool(dirty), "library": library,
+        "git_commit": git, "git_dirty": dirty, "library": library,
         "library_sha256": file_sha256(library), "durations": asdict(d),
     }
 

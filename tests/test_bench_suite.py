@@ -225,6 +225,28 @@ def test_render_report_shows_values_goals_and_verdicts() -> None:
     assert "**1 of 3 checks met their goal; 1 step(s) failed to run.**" in report
 
 
+@pytest.mark.parametrize("dirty, source", [
+    ([], "- **Source:** abc123; libvgpu sha256 0123456789abcdef"),
+    ([".whl/", "csrc/src/pacer.c"], "- **Source:** abc123 + uncommitted changes (.whl/, csrc/src/pacer.c); "
+                                   "libvgpu sha256 0123456789abcdef"),
+    (True, "- **Source:** abc123 + uncommitted changes; libvgpu sha256 0123456789abcdef"),  # saved by older runs
+])
+def test_source_line_names_the_uncommitted_paths(dirty: object, source: str) -> None:
+    meta = {"git_commit": "abc123", "git_dirty": dirty, "library_sha256": "0123456789abcdef" * 4}
+    assert source in suite.render_header(meta, [])
+
+
+def test_metadata_lists_what_git_reports_as_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "tracked.txt").write_text("x")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "tracked.txt"], check=True)
+    (tmp_path / "stray.txt").write_text("y")
+    monkeypatch.setattr(suite, "REPO_ROOT", tmp_path)
+    library = tmp_path / "tracked.txt"
+    meta = suite.metadata(suite.parse_args(["--dry-run"]), str(library), suite.Durations.make())
+    assert sorted(meta["git_dirty"]) == ["stray.txt", "tracked.txt"]
+
+
 # --------------------------------------------------------------------------- command line and plan
 
 def test_parse_args_defaults_and_options() -> None:
