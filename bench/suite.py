@@ -1026,7 +1026,7 @@ def metadata(args: argparse.Namespace, library: str, d: Durations) -> dict:
     git = command_output(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT)
     status = command_output(["git", "status", "--porcelain"], cwd=REPO_ROOT) or ""
     # The paths themselves, so that a reader can tell an edit to the code from a stray file.
-    dirty = [line[3:] for line in status.splitlines() if line.strip()][:DIRTY_PATHS_SHOWN]
+    dirty = [line.split(None, 1)[-1] for line in status.splitlines() if line.strip()][:DIRTY_PATHS_SHOWN]
     return {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]) if args.argv is None else shlex.join(args.argv),

@@ -239,12 +239,16 @@ def test_source_line_names_the_uncommitted_paths(dirty: object, source: str) -> 
 def test_metadata_lists_what_git_reports_as_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "tracked.txt").write_text("x")
-    subprocess.run(["git", "-C", str(tmp_path), "add", "tracked.txt"], check=True)
+    (tmp_path / "edited.txt").write_text("x")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "tracked.txt", "edited.txt"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "-m", "x", "edited.txt"], check=True)
+    (tmp_path / "edited.txt").write_text("changed")  # git says " M edited.txt": a leading space
     (tmp_path / "stray.txt").write_text("y")
     monkeypatch.setattr(suite, "REPO_ROOT", tmp_path)
     library = tmp_path / "tracked.txt"
     meta = suite.metadata(suite.parse_args(["--dry-run"]), str(library), suite.Durations.make())
-    assert sorted(meta["git_dirty"]) == ["stray.txt", "tracked.txt"]
+    assert sorted(meta["git_dirty"]) == ["edited.txt", "stray.txt", "tracked.txt"]
 
 
 # --------------------------------------------------------------------------- command line and plan
