@@ -7,30 +7,37 @@ Rates leave out the first window (start-up), as bench/suite.py does for its
 baselines; --trim-last leaves out the last one too (tenants that did not end
 together). Prints the rate, the share of the native rate, the CV over the
 windows and their range; --windows adds each window's share, --util the mean
-of nvidia-smi utilization samples in FILE (one number a line).
+of nvidia-smi utilization samples in FILE (one number a line). Rate and CV
+are the suite's own, so an experiment's numbers read like the suite's.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import sys
+from pathlib import Path
 from typing import List, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from suite import coefficient_of_variation, rate as windows_rate, steady, window_rates  # noqa: E402
 
 
 def load(path: str, trim_last: bool = False) -> Tuple[float, List[float]]:
     """(rate, per-window rates) of a worker's last JSON line, first window (and maybe last) left out."""
     with open(path) as f:
         run = json.loads(f.read().splitlines()[-1])
-    windows = run["windows"][1:-1] if trim_last else run["windows"][1:]
+    windows = steady(run["windows"]) if len(run["windows"]) > 1 else []
+    if trim_last:
+        windows = windows[:-1]
     if not windows:
         raise SystemExit(f"share_summary: {path} has too few windows")
-    rate = sum(n for _, _, n in windows) / sum(end - start for start, end, _ in windows)
-    return rate, [n / (end - start) for start, end, n in windows]
+    return windows_rate(windows), window_rates(windows)
 
 
 def summary(native: float, rate: float, rates: Sequence[float], label: str, each: bool = False) -> str:
     shares = [100 * r / native for r in rates]
-    cv = statistics.pstdev(rates) / statistics.mean(rates) if len(rates) > 1 else 0.0
+    cv = coefficient_of_variation(rates) if len(rates) > 1 else 0.0
     line = (f"{label:>34}: {rate:9.1f} it/s  share {100 * rate / native:5.1f}%  cv {100 * cv:4.1f}%  "
             f"windows {min(shares):.1f}..{max(shares):.1f}%")
     if each:
