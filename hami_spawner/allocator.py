@@ -21,6 +21,12 @@ class NoCapacity(RuntimeError):
     """No set of GPUs can take the slice now; the message is for the user."""
 
 
+class NeverFits(NoCapacity):
+    """No set of this machine's GPUs could take the slice even if all were idle:
+    no GPU at all, none of the wanted type, none large enough, or too few.
+    Waiting does not help, unlike a plain :class:`NoCapacity`."""
+
+
 class AlreadyPlaced(ValueError):
     """The key already holds a placement; release it first."""
 
@@ -151,7 +157,8 @@ class Allocator:
                         if (not gpu_types or _matches(g.name, gpu_types))
                         and not _matches(g.name, avoid)]
             if not eligible:
-                raise NoCapacity(self._no_gpu_message(label, gpu_types, avoid))
+                raise NeverFits(self._no_gpu_message(label, gpu_types, avoid))
+            self._check_ever_fits(label, size, eligible)
             fitting = [g for g in eligible if self._fits(g, size)]
             if len(fitting) < size.count:
                 raise NoCapacity(self._full_message(label, size, eligible, len(fitting)))
@@ -164,11 +171,25 @@ class Allocator:
 
     def _no_gpu_message(self, label: str, gpu_types: tuple, avoid: tuple) -> str:
         if not self._gpus:
-            return f"This machine has no GPU, so the {label!r} slice cannot be placed."
+            return (f"This machine has no NVIDIA GPU, so the {label!r} slice can never be "
+                    f"placed here.")
         wanted = (f" of type {' or '.join(gpu_types)}" if gpu_types else "") + (
             f" other than {' or '.join(avoid)}" if avoid else "")
         models = "; ".join(f"GPU {g.index}: {g.name}" for g in self._gpus.values())
-        return f"This machine has no GPU{wanted} for the {label!r} slice (it has {models})."
+        return (f"This machine has no GPU{wanted} for the {label!r} slice (it has {models}), "
+                f"so it can never be placed here.")
+
+    def _check_ever_fits(self, label: str, size: Slice, eligible: list[Gpu]) -> None:
+        """NeverFits when ``size`` would not fit even on idle GPUs."""
+        large_enough = [g for g in eligible if size.memory is None or size.memory <= g.memory]
+        if not large_enough:
+            largest = max(g.memory for g in eligible)
+            raise NeverFits(f"The {label!r} slice needs {_mem(size.memory or 0)} of GPU memory, "
+                            f"but the largest GPU here that qualifies has {_mem(largest)}, so it "
+                            f"can never be placed on this machine.")
+        if size.count > len(large_enough):
+            raise NeverFits(f"The {label!r} slice needs {size.count} GPUs, but this machine has "
+                            f"only {len(large_enough)} that qualify, so it can never be placed here.")
 
     def _full_message(self, label: str, size: Slice, eligible: list[Gpu], fit: int) -> str:
         memory = "all its memory" if size.memory is None else _mem(size.memory)
@@ -178,9 +199,6 @@ class Allocator:
                          f"{self.free(g.uuid)[1]}%" for g in eligible)
         if size.count == 1:
             head = f"No GPU on this machine has {need} for the {label!r} slice"
-        elif size.count > len(eligible):
-            head = (f"The {label!r} slice needs {size.count} GPUs but this machine has "
-                    f"only {len(eligible)} that qualify")
         else:
             head = (f"The {label!r} slice needs {size.count} GPUs that each have {need}, "
                     f"but {'only ' + str(fit) if fit else 'none'} of this machine's GPUs do")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from hami_kernel.slice import GIB, Slice
-from hami_spawner.allocator import (AlreadyPlaced, Allocator, Gpu, NoCapacity, Placement,
+from hami_spawner.allocator import (AlreadyPlaced, Allocator, Gpu, NeverFits, NoCapacity, Placement,
                                     discover_gpus)
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -87,7 +87,7 @@ def test_count_two_on_distinct_gpus():
                              "CUDA_DEVICE_MEMORY_LIMIT": "16g", "CUDA_DEVICE_SM_LIMIT": "50"}
     with pytest.raises(NoCapacity, match="needs 2 GPUs that each have .* but only 1"):
         alloc.place("pair2", Slice(5 * GIB, 60, count=2))
-    with pytest.raises(NoCapacity, match="needs 4 GPUs but this machine has only 3"):
+    with pytest.raises(NeverFits, match="needs 4 GPUs, but this machine has only 3"):
         alloc.place("quad", Slice(GIB, 1, count=4))
 
 
@@ -97,13 +97,31 @@ def test_gpu_types_and_avoid():
     assert on(alloc.place("b", SMALL, avoid=["a10"])) == [1]
     assert on(alloc.place("c", SMALL, "spread", gpu_types=["a10"])) == [0]
     assert on(alloc.place("d", SMALL, "spread", gpu_types=["a10"])) == [2]
-    with pytest.raises(NoCapacity, match="no GPU of type B200 for the 'e' slice.*GPU 1: "
-                                         "NVIDIA H100"):
+    with pytest.raises(NeverFits, match="no GPU of type B200 for the 'e' slice.*GPU 1: "
+                                        "NVIDIA H100.*can never be placed here"):
         alloc.place("e", SMALL, gpu_types=["B200"])
-    with pytest.raises(NoCapacity, match="other than a10 or h100"):
+    with pytest.raises(NeverFits, match="other than a10 or h100"):
         alloc.place("f", SMALL, avoid=["a10", "h100"])
-    with pytest.raises(NoCapacity, match="has no GPU, so the 'g' slice"):
+    with pytest.raises(NeverFits, match="has no NVIDIA GPU, so the 'g' slice can never be placed"):
         Allocator([]).place("g", SMALL)
+
+
+def test_a_slice_that_could_never_fit_is_told_apart_from_a_full_machine():
+    alloc = Allocator(gpus(A10, H100, memory=80 * GIB))
+    with pytest.raises(NeverFits, match="needs 96 GiB of GPU memory, but the largest GPU here "
+                                        "that qualifies has 80 GiB"):
+        alloc.place("big", Slice(96 * GIB, 10, 1))
+    with pytest.raises(NeverFits, match="needs 3 GPUs, but this machine has only 2 that qualify"):
+        alloc.place("three", Slice(8 * GIB, 10, 3))
+    with pytest.raises(NeverFits, match="needs 2 GPUs, but this machine has only 1"):
+        alloc.place("two-h100", Slice(8 * GIB, 10, 2), gpu_types=["h100"])
+    # Full now is not "never": the same whole GPU fits once the other slice is gone.
+    alloc.place("a", Slice(None, None, 2))
+    with pytest.raises(NoCapacity) as full:
+        alloc.place("b", Slice(None, None, 1))
+    assert not isinstance(full.value, NeverFits)
+    alloc.release("a")
+    assert alloc.place("b", Slice(None, None, 1)).gpus
 
 
 def test_double_placement_refused_and_release_frees():
