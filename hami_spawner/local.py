@@ -37,8 +37,10 @@ from traitlets import Bool, Unicode, default
 from hami_kernel import library_path
 from hami_kernel.kernel_slice import REGION_ENV
 from hami_kernel.slice import Slice
-from hami_spawner.allocator import STATE_VERSION, Allocator, NoCapacity, Placement, discover_gpus
-from hami_spawner.choice import GpuChoiceMixin, http_error
+from hami_spawner.accounts import AccountError, cannot_run_message, lookup, why_cannot_run
+from hami_spawner.allocator import (STATE_VERSION, Allocator, NeverFits, NoCapacity, Placement,
+                                   discover_gpus)
+from hami_spawner.choice import GpuChoiceMixin, _quoted, http_error
 from hami_spawner.form import Offer, choice_from_form, describe_size, render_form
 from hami_spawner.profiles import CUSTOM, CustomRange, GpuProfile
 
@@ -48,6 +50,15 @@ PROVISIONER_ENV = "JUPYTER_DEFAULT_PROVISIONER_NAME"
 # GPUs' current use; it succeeds once other servers stop, or with a smaller
 # choice.  503 would read as a hub fault (and invite automatic retries).
 FULL_STATUS = 409
+# 400: a slice this machine could not hold even with every GPU idle (no GPU,
+# none of the type, none large enough).  Unlike 409, waiting never helps.
+NEVER_STATUS = 400
+# 403: this user's account cannot run a server here (none, or the server
+# command is closed to it).  The admin can fix it; retrying cannot.
+FORBIDDEN_STATUS = 403
+# 503: the hub itself is misconfigured for every user (a missing server
+# command, a region directory it cannot prepare).
+UNAVAILABLE_STATUS = 503
 
 _log = logging.getLogger(__name__)
 _allocator: Allocator | None = None
@@ -166,6 +177,13 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
     def _choice_from_form(self, form_data: dict[str, Any]) -> dict[str, str]:
         return choice_from_form(form_data)
 
+    def default_choice(self) -> dict[str, str]:
+        """On a machine without a GPU, a request that chose nothing gets the CPU choice
+        (the only one the form offers there), not a GPU default that can never start."""
+        if not self.allocator.gpus and self.gpu_profiles.cpu_profile_name:
+            return {"profile": self.gpu_profiles.cpu_profile_name}
+        return super().default_choice()
+
     def options_from_query(self, query_data: dict[str, Any]) -> dict[str, Any]:
         """``/hub/spawn?profile=half`` chooses like the form does.
 
@@ -180,7 +198,7 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
         """(uid, gid) that owns the user's region directory; None: the hub's own user."""
         if os.geteuid() != 0:
             return None
-        entry = pwd.getpwnam(self.user.name)
+        entry = lookup(self.user.name)
         return entry.pw_uid, entry.pw_gid
 
     def region_dir(self) -> Path:
@@ -209,6 +227,8 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
             del env[key]  # only the placement's limits apply
         if self._placement is None:
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU server sees no GPU
+            if self.default_provisioner:
+                env[PROVISIONER_ENV] = self.default_provisioner  # %vgpu says there is no slice
             return env
         env.update(self._placement.to_env())
         env[REGION_ENV] = str(self.region_path())
@@ -223,24 +243,69 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
     async def start(self) -> Any:
         profile = self.gpu_profile
         self.release_placement()
+        try:
+            self.check_account()
+        except AccountError as exc:
+            raise http_error(FORBIDDEN_STATUS, str(exc)) from None
         if profile is not None:
+            self._placement = self._place(profile)
             try:
                 self.prepare_region()
             except OSError as exc:
-                raise http_error(500, f"cannot prepare the GPU slice's directory: {exc}") from None
-            try:
-                self._placement = self.allocator.place(
-                    self.placement_key, profile.slice, profile.policy, profile.gpu_types,
-                    profile.avoid_gpu_types, label=profile.display_name)
-            except NoCapacity as exc:
-                raise http_error(FULL_STATUS, str(exc)) from None
+                self.release_placement()
+                raise http_error(UNAVAILABLE_STATUS,
+                                 f"The hub cannot prepare the GPU slice's directory ({exc}); "
+                                 f"ask the administrator.") from None
             self.log.info("GPU slice for %s: %s on %s", self._log_name, profile.slice.describe(),
                           ", ".join(self._placement.gpus))
         try:
             return await super().start()
+        except PermissionError:
+            self.release_placement()
+            raise http_error(FORBIDDEN_STATUS, self._cannot_run_message()) from None
+        except FileNotFoundError as exc:
+            self.release_placement()
+            raise http_error(UNAVAILABLE_STATUS,
+                             f"The server command {exc.filename or self.cmd[0]} does not exist on "
+                             f"this machine; ask the administrator to check c.Spawner.cmd.") from None
         except BaseException:
             self.release_placement()
             raise
+
+    def _place(self, profile: GpuProfile) -> Placement:
+        """The profile's slice on this machine's GPUs, or the HTTP answer that says why not."""
+        try:
+            return self.allocator.place(
+                self.placement_key, profile.slice, profile.policy, profile.gpu_types,
+                profile.avoid_gpu_types, label=profile.display_name)
+        except NeverFits as exc:
+            profiles = self.gpu_profiles
+            hint = (f" Choose {_quoted(profiles.cpu_profile_display_name)} instead (profile "
+                    f"{profiles.cpu_profile_name!r})." if profiles.cpu_profile_name else "")
+            raise http_error(NEVER_STATUS, f"{exc}{hint}") from None
+        except NoCapacity as exc:
+            raise http_error(FULL_STATUS, str(exc)) from None
+
+    def run_as(self) -> pwd.struct_passwd:
+        """The system account the server runs as: the user's own (AccountError if none)."""
+        return lookup(self.user.name)
+
+    def check_account(self) -> None:
+        """AccountError unless the server's account exists and can run ``cmd``."""
+        account = self.run_as()
+        reason = why_cannot_run(self.cmd[0], account) if self.cmd else None
+        if reason:
+            raise AccountError(cannot_run_message(account.pw_name, self.cmd[0], reason))
+
+    def _cannot_run_message(self) -> str:
+        """Why starting the server command was refused by the system (EACCES)."""
+        command = self.cmd[0] if self.cmd else "the server command"
+        try:
+            account = self.run_as()
+        except AccountError as exc:
+            return str(exc)
+        reason = why_cannot_run(command, account) or "permission was denied"
+        return cannot_run_message(account.pw_name, command, reason)
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
@@ -316,6 +381,9 @@ class SimpleLocalGpuSpawner(LocalGpuSpawner, SimpleLocalProcessSpawner):
 
     def region_owner(self) -> tuple[int, int] | None:
         return None
+
+    def run_as(self) -> pwd.struct_passwd:
+        return pwd.getpwuid(os.geteuid())
 
 
 def _matches(name: str, patterns: Any) -> bool:

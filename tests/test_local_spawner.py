@@ -238,7 +238,9 @@ def test_cpu_server_sees_no_gpu(allocator: Allocator, config: Config, process: R
     spawn(s, {"profile": "cpu"})
     env = process.envs[-1]
     assert env["CUDA_VISIBLE_DEVICES"] == ""
-    assert "CUDA_DEVICE_MEMORY_LIMIT" not in env and "JUPYTER_DEFAULT_PROVISIONER_NAME" not in env
+    assert "CUDA_DEVICE_MEMORY_LIMIT" not in env and "CUDA_DEVICE_MEMORY_SHARED_CACHE" not in env
+    # The provisioner still starts its kernels, without libvgpu, so that %vgpu is there to say so.
+    assert env["JUPYTER_DEFAULT_PROVISIONER_NAME"] == "hami-provisioner"
     assert allocator.placements == {} and "hami_gpu" not in s.get_state()
 
 
@@ -274,7 +276,11 @@ def test_refused_when_full_with_the_allocators_message(allocator: Allocator, con
 def test_no_gpu_of_the_type_is_refused(allocator: Allocator, config: Config, process: Recorder) -> None:
     with pytest.raises(web.HTTPError) as info:
         spawn(spawner(config), {"profile": "a10"})
-    assert info.value.status_code == 409 and "no GPU of type A10" in info.value.jupyterhub_message
+    # 400, not 409: no GPU of that type will ever be free here.
+    assert info.value.status_code == 400
+    assert info.value.jupyterhub_message == (
+        "This machine has no GPU of type A10 for the 'On an A10' slice (it has GPU 0: NVIDIA H100 80GB "
+        "HBM3), so it can never be placed here. Choose “CPU only (no GPU)” instead (profile 'cpu').")
     assert process.envs == []
 
 
