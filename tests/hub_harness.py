@@ -90,9 +90,14 @@ class Hub:
     """One JupyterHub process; ``start`` again after ``stop`` restarts it on the same db."""
 
     def __init__(self, workdir: Path, config: str, env: dict[str, str] | None = None,
-                 config_file: Path | None = None, args: list[str] | None = None):
+                 config_file: Path | None = None, args: list[str] | None = None,
+                 command: list[str] | None = None, cwd: Path | None = None,
+                 preexec_fn: Callable[[], None] | None = None):
+        """``command`` replaces ``python -m jupyterhub -f <config> <args>`` (a README line run
+        by a shell, say), run in ``cwd`` (default: ``workdir``) after ``preexec_fn``."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.command, self.cwd, self.preexec_fn = command, cwd or workdir, preexec_fn
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -139,9 +144,11 @@ c.Spawner.environment = {{"HAMI_TEST_HUB": {self.marker!r},
 
     def start(self, timeout: float = 90) -> None:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file), *self.args],
-            cwd=self.dir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        command = self.command or [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file),
+                                   *self.args]
+        self.proc = subprocess.Popen(command, cwd=self.cwd, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn,
+                                     start_new_session=self.command is not None)
         log.close()
         wait_for("the hub to answer", self._up, timeout)
 
@@ -156,7 +163,10 @@ c.Spawner.environment = {{"HAMI_TEST_HUB": {self.marker!r},
     def stop(self) -> None:
         """SIGTERM and wait; the servers keep running (cleanup_servers = False)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if self.command is not None:  # a shell line: the hub is its child, in its session
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -252,22 +262,23 @@ c.Spawner.environment = {{"HAMI_TEST_HUB": {self.marker!r},
 
     # -- kernels of a user's server -----------------------------------------------
 
-    def run_in_kernel(self, user: str, code: str, timeout: float = 60) -> str:
+    def run_in_kernel(self, user: str, code: str, timeout: float = 60, token: str | None = None) -> str:
         """Start a python3 kernel in the user's server, run ``code``, return its stdout."""
         base = f"/user/{user}/api/kernels"
-        status, kernel = self.request("POST", base, {"name": "python3"})
+        status, kernel = self.request("POST", base, {"name": "python3"}, token=token)
         assert status == 201, (status, kernel)
         try:
-            return asyncio.run(self._execute(f"{base}/{kernel['id']}/channels", code, timeout))
+            return asyncio.run(self._execute(f"{base}/{kernel['id']}/channels", code, timeout,
+                                             token or self.token))
         finally:
-            self.request("DELETE", f"{base}/{kernel['id']}")
+            self.request("DELETE", f"{base}/{kernel['id']}", token=token)
 
-    async def _execute(self, path: str, code: str, timeout: float) -> str:
+    async def _execute(self, path: str, code: str, timeout: float, token: str) -> str:
         from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect
 
         request = HTTPRequest(self.url.replace("http", "ws", 1) + path,
-                              headers={"Authorization": f"token {self.token}"})
+                              headers={"Authorization": f"token {token}"})
         conn = await asyncio.wait_for(websocket_connect(request), timeout)
         msg_id = uuid.uuid4().hex
         conn.write_message(json.dumps({
@@ -306,8 +317,30 @@ class Browser:
 
     def __init__(self, url: str):
         self.url = url
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A REST call with this session's cookie, as JupyterHub's own pages make it."""
+        xsrf = next((c.value for c in self.cookies if c.name == "_xsrf"), "")
+        req = urllib.request.Request(self.url + path, method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"X-XSRFToken": xsrf, "Content-Type": "application/json"})
+        try:
+            with self.opener.open(req, timeout=60) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def token(self, user: str) -> str:
+        """An API token of the logged-in ``user``, made through the hub's own REST API."""
+        status, body = self.api("POST", f"/hub/api/users/{user}/tokens", {"note": "test"})
+        assert status == 201, (status, body)
+        return body["token"]
 
     def open(self, path: str, fields: dict[str, str] | None = None) -> tuple[int, str]:
         data = None if fields is None else urllib.parse.urlencode(fields).encode()
