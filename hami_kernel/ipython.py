@@ -13,7 +13,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from . import status, watch
+from . import check, status, watch
 
 __all__ = ["load_ipython_extension", "unload_ipython_extension", "VgpuMagics", "USAGE"]
 
@@ -68,7 +68,7 @@ def _show() -> None:
 
 
 def _check() -> None:
-    print(status.format_check(status.check()))
+    print(check.format_check(check.check()))
 
 
 def _set(tokens: list[str]) -> None:

@@ -20,6 +20,9 @@ PROCESS_MEMORY_ENV = "LIBVGPU_PROCESS_MEMORY_LIMIT"
 PROCESS_CORES_ENV = "LIBVGPU_PROCESS_SM_LIMIT"
 REGION_ENV = "CUDA_DEVICE_MEMORY_SHARED_CACHE"
 IDENTITY_ENV = "LIBVGPU_IDENTITY"
+VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+CPU_ONLY = ("this server has no GPU (CUDA_VISIBLE_DEVICES is empty: a CPU-only server); "
+            "start a server with a GPU profile to get a GPU slice")
 
 _PER_DEVICE_RE = re.compile(rf"(?:{MEMORY_ENV}|{CORES_ENV})_([0-9]+)")
 
@@ -31,6 +34,12 @@ class SubSliceError(ValueError):
 def region_path(env: Mapping[str, str]) -> str:
     """The shared region libvgpu uses under this env (its default when unset)."""
     return env.get(REGION_ENV) or f"/tmp/libvgpu.{os.getuid()}.region"
+
+
+def cpu_only(env: Mapping[str, str]) -> bool:
+    """Was this server started without a GPU?  The spawners say so with an empty
+    CUDA_VISIBLE_DEVICES (CUDA then shows no device at all)."""
+    return VISIBLE_ENV in env and not env[VISIBLE_ENV].strip()
 
 
 def server_limits(env: Mapping[str, str]) -> list[DeviceLimit]:

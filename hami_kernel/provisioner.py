@@ -21,8 +21,8 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Integer, Unicode
 
 from . import LibraryNotFound, library_path
-from .kernel_slice import IDENTITY_ENV, PROCESS_CORES_ENV, PROCESS_MEMORY_ENV, REGION_ENV, SubSlice, \
-    region_path, server_limits
+from .kernel_slice import CPU_ONLY, IDENTITY_ENV, PROCESS_CORES_ENV, PROCESS_MEMORY_ENV, REGION_ENV, SubSlice, \
+    SubSliceError, cpu_only, region_path, server_limits
 
 MAGIC_ARGUMENT = "--InteractiveShellApp.extra_extensions=hami_kernel"
 
@@ -42,8 +42,16 @@ class HamiProvisioner(LocalProvisioner):  # type: ignore[misc]
         return SubSlice.parse(self.memory, self.cores)
 
     def slice_env(self, env: dict[str, str]) -> dict[str, str]:
-        """The variables this kernel gets on top of ``env`` (the server's)."""
+        """The variables this kernel gets on top of ``env`` (the server's).
+
+        A CPU-only server's kernels get none: there is no GPU to limit (and
+        ``%vgpu`` says so), but a GPU kernelspec is refused there.
+        """
         sub = self.sub_slice()
+        if cpu_only(env):
+            if sub.memory is not None or sub.cores is not None:
+                raise SubSliceError(f"this kernel asks for a GPU slice ({sub.describe()}), but {CPU_ONLY}")
+            return {}
         sub.check_within(server_limits(env))
         try:
             library = str(library_path())
@@ -73,7 +81,11 @@ class HamiProvisioner(LocalProvisioner):  # type: ignore[misc]
         cmd = kwargs.get("cmd")
         if self.load_magic and cmd and self._is_ipython_kernel(cmd) and MAGIC_ARGUMENT not in cmd:
             kwargs["cmd"] = [*cmd, MAGIC_ARGUMENT]
-        self.log.info("GPU kernel %s: %s, region %s", self.kernel_id, self.sub_slice().describe(), env[REGION_ENV])
+        if cpu_only(env):
+            self.log.info("kernel %s: this server has no GPU, so it runs without libvgpu", self.kernel_id)
+        else:
+            self.log.info("GPU kernel %s: %s, region %s", self.kernel_id, self.sub_slice().describe(),
+                          env[REGION_ENV])
         return kwargs
 
     def _is_ipython_kernel(self, cmd: list[str]) -> bool:

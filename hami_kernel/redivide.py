@@ -13,9 +13,10 @@ import os
 from typing import Mapping
 
 from . import region
-from .kernel_slice import SubSlice, SubSliceError, server_limits
+from .kernel_slice import CPU_ONLY, SubSlice, SubSliceError, cpu_only, server_limits
 from .kernel_slice import region_path as default_region_path
 from .slice import format_memory
+from .status import no_gpu_reason
 
 
 def set_kernel_slice(identity: str, memory: int | str | None = None, cores: int | str | None = None, *,
@@ -30,10 +31,12 @@ def set_kernel_slice(identity: str, memory: int | str | None = None, cores: int 
     """
     if memory is None and cores is None:
         raise SubSliceError("nothing to set: give memory=SIZE and/or cores=PERCENT")
+    env = os.environ if env is None else env
+    if cpu_only(env):  # before the identity: a CPU server's kernels have none
+        raise SubSliceError(f"there is no GPU slice to re-divide: {CPU_ONLY}")
     if not identity:
         raise SubSliceError("this process has no identity in the GPU slice (LIBVGPU_IDENTITY is unset): "
                             "start it from a GPU kernelspec")
-    env = os.environ if env is None else env
     sub = SubSlice.parse(memory, cores)
     sub.check_within(server_limits(env))
     path = region_path or default_region_path(env)
@@ -44,6 +47,10 @@ def set_kernel_slice(identity: str, memory: int | str | None = None, cores: int 
         if cores is not None:
             changed.append(region.set_process_sm_limit(path, identity, None, sub.cores))
     except (region.RegionError, OSError) as exc:
+        # No region because there is no GPU at all: say that, not which file is missing.
+        absent = None if os.path.lexists(path) else no_gpu_reason(env)
+        if absent:
+            raise SubSliceError(f"there is no GPU slice to re-divide: {absent}") from None
         raise SubSliceError(f"cannot change the GPU slice: {exc}") from None
     if not any(changed):
         raise SubSliceError(f"kernel {identity} has no process in the GPU slice yet "

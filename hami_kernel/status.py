@@ -3,8 +3,8 @@
 The ``%vgpu`` magic and its live view are thin shells around this module:
 :func:`gather` collects the slice's state (limits from the environment, usage
 from the shared region) into plain dataclasses, :func:`format_text` /
-:func:`format_html` / :func:`status_line` turn it into something to show, and
-:func:`check` diagnoses a kernel whose limits may not apply.
+:func:`format_html` / :func:`status_line` turn it into something to show.
+:mod:`hami_kernel.check` diagnoses a kernel whose limits may not apply.
 
 Nothing here writes anything or makes a CUDA call: looking at the slice must
 never change it (a CUDA call would attach this process to the region).
@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from .kernel_slice import IDENTITY_ENV, PROCESS_CORES_ENV, PROCESS_MEMORY_ENV, region_path
+from .kernel_slice import CPU_ONLY, IDENTITY_ENV, PROCESS_CORES_ENV, PROCESS_MEMORY_ENV, cpu_only, \
+    region_path
 from .region import MAX_DEVICES, RegionError, RegionSnapshot, read_region
 from .slice import CORES_ENV, MEMORY_ENV, parse_env_cores, format_memory, parse_env_memory
 
@@ -29,15 +30,11 @@ __all__ = [
     "KernelUsage",
     "DeviceStatus",
     "SliceStatus",
-    "Finding",
     "configured_limits",
     "gather",
     "format_text",
     "format_html",
     "status_line",
-    "check",
-    "verdict",
-    "format_check",
     "describe_configured",
     "memory_text",
     "share_text",
@@ -48,19 +45,18 @@ __all__ = [
     "mapped_files",
     "libvgpu_mappings",
     "NO_REGION",
-    "NOT_LOADED",
-    "NOT_APPLIED",
     "NO_DRIVER",
+    "no_gpu_reason",
+    "NOT_APPLIED",
 ]
 
 POLICY_ENV = "GPU_CORE_UTILIZATION_POLICY"
 POLICIES = ("default", "force", "disable")
 
 NO_REGION = "no GPU memory used yet in this slice: libvgpu creates the region at the first CUDA call"
-NOT_LOADED = ("libvgpu is not loaded in this kernel: start it from a GPU kernelspec "
-              "(hami-kernel install --name gpu-4g --memory 4GiB makes one; hami-kernel list shows them)")
 NOT_APPLIED = "libvgpu is not loaded in this process, so none of these limits apply (see %vgpu check)"
-NO_DRIVER = "no NVIDIA GPU visible (nvidia-smi / libcuda.so.1 not found)"
+NO_DRIVER = ("no NVIDIA GPU visible: the NVIDIA driver's libcuda.so.1 cannot be loaded "
+             "(this machine has no GPU driver)")
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 
@@ -223,10 +219,28 @@ class SliceStatus:
     region_error: str | None  # the region exists but cannot be read
     devices: tuple[DeviceStatus, ...] = ()
     taken_at: float = field(default_factory=time.time)
+    no_gpu: str | None = None  # why this process has no GPU at all (a CPU-only server, no driver)
 
     @property
     def policy(self) -> str:
         return self.configured.policy
+
+
+def load_driver() -> None:
+    """Load the NVIDIA driver's library (OSError if there is none).  Loading it makes
+    no CUDA call, so it attaches nothing to the slice."""
+    ctypes.CDLL("libcuda.so.1")
+
+
+def no_gpu_reason(env: Mapping[str, str]) -> str | None:
+    """Why this process can have no GPU slice at all, or None when it may have one."""
+    if cpu_only(env):
+        return CPU_ONLY
+    try:
+        load_driver()
+    except OSError:
+        return NO_DRIVER
+    return None
 
 
 def mapped_files(maps_path: str = "/proc/self/maps") -> list[str]:
@@ -295,17 +309,23 @@ def gather(env: Mapping[str, str] | None = None, *, pid: int | None = None,
     configured = configured_limits(env)
     path = region_path(env)
     missing, error = False, None
-    if snapshot is None:
+    no_gpu = None
+    if snapshot is None and cpu_only(env):
+        no_gpu = CPU_ONLY  # no slice, whatever a region left at the default path says
+    elif snapshot is None:
         try:
             snapshot = read_region(path)
         except RegionError as exc:
-            # A missing file is the normal state before the first CUDA call, not an error.
+            # A missing file is the normal state before the first CUDA call, not an error,
+            # unless there is no GPU to make that call on.
             missing = not os.path.lexists(path)
             error = None if missing else str(exc)
+            no_gpu = no_gpu_reason(env) if missing else None
     return SliceStatus(
         identity=identity, pid=pid, loaded=bool(libvgpu_mappings()), configured=configured,
         region_path=snapshot.path if snapshot else path, region_missing=missing, region_error=error,
-        devices=_devices(snapshot, identity, pid, configured.policy) if snapshot else ())
+        devices=_devices(snapshot, identity, pid, configured.policy) if snapshot else (),
+        no_gpu=no_gpu)
 
 
 # ---- showing it --------------------------------------------------------------------
@@ -349,6 +369,8 @@ def _policy_note(policy: str) -> str:
 
 
 def no_devices_reason(status: SliceStatus) -> str:
+    if status.no_gpu:
+        return f"no GPU slice: {status.no_gpu}"
     if status.region_missing:
         return NO_REGION
     if status.region_error:
@@ -397,6 +419,8 @@ def _kernel_table(kernels: tuple[KernelUsage, ...]) -> str:
 
 def format_text(status: SliceStatus) -> str:
     """The full status as plain text (terminal IPython, and the notebook's text/plain)."""
+    if status.no_gpu:
+        return f"vgpu: {no_devices_reason(status)}"
     lines = [f"vgpu: {_who(status)}; region {status.region_path}"]
     if not status.loaded:
         lines.append("warning: " + NOT_APPLIED)
@@ -438,6 +462,8 @@ def _html_rows(rows: list[tuple[str, str]]) -> str:
 
 def format_html(status: SliceStatus) -> str:
     """The same content as :func:`format_text`, as tables for a notebook."""
+    if status.no_gpu:
+        return f"<div class='hami-vgpu'><p><b>vgpu</b>: {_h(no_devices_reason(status))}</p></div>"
     parts = [f"<div class='hami-vgpu'><p><b>vgpu</b>: {_h(_who(status))}; "
              f"region <code>{_h(status.region_path)}</code></p>"]
     if not status.loaded:
@@ -478,103 +504,3 @@ def status_line(status: SliceStatus) -> str:
                      f"slice {memory_text(dev.memory_used)} of {memory_text(dev.memory_limit)}; "
                      f"compute {share_text(share)} (cap {cap_text(dev.own_sm_cap)})")
     return f"{stamp} " + " | ".join(parts)
-
-
-# ---- %vgpu check ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Finding:
-    ok: bool
-    message: str
-
-    def __str__(self) -> str:
-        return f"{'ok' if self.ok else 'problem'}: {self.message}"
-
-
-def _preloaded(env: Mapping[str, str]) -> list[str]:
-    # ld.so splits LD_PRELOAD on spaces and colons.
-    return [p for p in re.split(r"[ :]+", env.get("LD_PRELOAD", "")) if os.path.basename(p).startswith("libvgpu")]
-
-
-def _library_findings(env: Mapping[str, str], maps_path: str) -> list[Finding]:
-    mapped, preloaded = libvgpu_mappings(maps_path), _preloaded(env)
-    findings = [Finding(True, f"libvgpu is loaded in this process ({', '.join(mapped)})") if mapped
-                else Finding(False, NOT_LOADED)]
-    if preloaded and mapped:
-        findings.append(Finding(True, f"LD_PRELOAD names it ({' '.join(preloaded)})"))
-    elif preloaded:
-        findings.append(Finding(False, f"LD_PRELOAD names {' '.join(preloaded)} but it was not loaded "
-                                       "(a missing file or another architecture: the loader skips it)"))
-    elif mapped:
-        findings.append(Finding(False, "libvgpu was loaded without LD_PRELOAD, after the program started: "
-                                       "CUDA libraries loaded before it bypass it"))
-    else:
-        findings.append(Finding(False, "LD_PRELOAD does not name libvgpu.so"))
-    return findings
-
-
-def _limit_findings(env: Mapping[str, str]) -> list[Finding]:
-    limits = configured_limits(env)
-    # A malformed family gets its problem line instead of an ok line.
-    findings = [Finding(True, f"{what}: {value}") for what, value, well_formed in describe_configured(limits)
-                if well_formed]
-    return findings + [Finding(False, p) for p in limits.problems]
-
-
-def _driver_finding() -> Finding:
-    """Is the NVIDIA driver library loadable?  Loading it makes no CUDA call."""
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return Finding(False, NO_DRIVER)
-    where = [p for p in mapped_files() if os.path.basename(p).startswith("libcuda.so")]
-    return Finding(True, f"NVIDIA driver library found ({where[0] if where else 'libcuda.so.1'})")
-
-
-def _region_findings(env: Mapping[str, str]) -> list[Finding]:
-    path = region_path(env)
-    try:
-        snap = read_region(path)
-    except RegionError as exc:
-        if not os.path.lexists(path):
-            return [Finding(True, f"no region yet at {path}: libvgpu creates it at the first CUDA call")]
-        return [Finding(False, f"region unreadable: {exc}")]
-    findings = [Finding(True, f"region {path} readable (layout version {snap.version}, "
-                              f"{len(snap.devices)} GPU(s), {len(snap.processes)} live process(es))")]
-    identity = env.get(IDENTITY_ENV)
-    mine = snap.process(identity) if identity else [p for p in snap.processes if p.pid == os.getpid()]
-    if mine:
-        findings.append(Finding(True, f"this kernel is accounted in the region (slot "
-                                      f"{', '.join(str(p.slot) for p in mine)})"))
-    else:
-        findings.append(Finding(True, "this kernel is not in the region yet: it joins at its first CUDA call"))
-    return findings
-
-
-def check(env: Mapping[str, str] | None = None, *, maps_path: str = "/proc/self/maps") -> list[Finding]:
-    """Is libvgpu active in this process, with which limits?  The first finding is whether it is loaded."""
-    env = os.environ if env is None else env
-    findings = _library_findings(env, maps_path)
-    findings += _limit_findings(env)
-    identity = env.get(IDENTITY_ENV)
-    findings.append(Finding(True, f"identity in the slice: {identity}" if identity else
-                            "no LIBVGPU_IDENTITY: this process is found in the region by its pid, "
-                            "and %vgpu set cannot address it"))
-    findings.append(_driver_finding())
-    findings += _region_findings(env)
-    return findings
-
-
-def verdict(findings: list[Finding]) -> str:
-    problems = [f for f in findings if not f.ok]
-    if findings and not findings[0].ok:
-        return "verdict: NOT limited: libvgpu is not active in this kernel, so nothing limits its GPU use"
-    if problems:
-        return (f"verdict: libvgpu is loaded but {len(problems)} problem(s) need fixing; "
-                f"start with: {problems[0].message}")
-    return "verdict: libvgpu is active: this kernel's GPU use is limited as listed above"
-
-
-def format_check(findings: list[Finding]) -> str:
-    return "\n".join([str(f) for f in findings] + [verdict(findings)])

@@ -220,3 +220,26 @@ def test_vgpu_magic_in_a_provisioned_kernel(server: dict[str, str]) -> None:
         assert "has only 1 GiB" in refused and "Traceback" not in refused, refused
     finally:
         kernel.stop()
+
+
+def test_a_cpu_only_servers_kernels_run_without_libvgpu_but_with_vgpu(server: dict[str, str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The spawners mark a CPU-only server with an empty CUDA_VISIBLE_DEVICES and still name
+    # the provisioner, so that %vgpu is there to say there is no slice.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    install_spec("plain", {})
+    kernel = Kernel("plain")
+    try:
+        env = kernel.run("import os", "dict(os.environ)")
+        assert "LD_PRELOAD" not in env and "LIBVGPU_IDENTITY" not in env
+        shown = kernel.output("%vgpu")
+        assert shown.startswith("vgpu: no GPU slice: this server has no GPU (CUDA_VISIBLE_DEVICES is empty"), shown
+    finally:
+        kernel.stop()
+    # A GPU kernelspec there is refused with the reason, not started without its limits.
+    install_spec("gpu-256m", {"memory": "256MiB"})
+    km = KernelManager(kernel_name="gpu-256m", kernel_spec_manager=KernelSpecManager())
+    with pytest.raises(SubSliceError, match=r"^this kernel asks for a GPU slice \(256 MiB\), but this server "
+                                            r"has no GPU \(CUDA_VISIBLE_DEVICES is empty"):
+        km.start_kernel()
+    assert not km.has_kernel

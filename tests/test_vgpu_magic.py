@@ -24,7 +24,7 @@ import hami_kernel
 from cbuild import Runner, build_tests
 from kernel_code import ALLOCATOR
 from hami_kernel import ipython as vgpu_ipython
-from hami_kernel import status, watch
+from hami_kernel import check, status, watch
 from hami_kernel.region import read_region
 from hami_kernel.slice import format_memory
 
@@ -59,7 +59,9 @@ def runner(plain_build: Path, tmp_path: Path) -> Runner:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, runner: Runner) -> dict[str, str]:
-    """This process as a kernel of the slice: our variables only, the region in tmp."""
+    """This process as a kernel of the slice: our variables only, the region in tmp, and
+    a GPU driver to be found (the fake's, which this process cannot load itself)."""
+    monkeypatch.setattr(status, "load_driver", lambda: None)
     for name in list(os.environ):
         if name.startswith(OUR_VARIABLES):
             monkeypatch.delenv(name)
@@ -215,7 +217,7 @@ def test_unreadable_region(shell: Any, env: dict[str, str], runner: Runner) -> N
     (shown,) = run(shell, "%vgpu")[1].outputs
     assert "region unreadable: " in shown.data["text/plain"]
     assert "is not a libvgpu shared region" in shown.data["text/plain"]
-    problems = [f for f in status.check() if not f.ok]
+    problems = [f for f in check.check() if not f.ok]
     assert any(f.message.startswith("region unreadable: ") for f in problems)
 
 
@@ -227,20 +229,46 @@ def test_check_here_says_libvgpu_is_not_loaded(shell: Any, env: dict[str, str]) 
     result, out = run(shell, "%vgpu check")
     assert result.success and out.outputs == []
     lines = out.stdout.splitlines()
-    assert lines[0] == f"problem: {status.NOT_LOADED}"
-    assert lines[0].startswith("problem: libvgpu is not loaded in this kernel: start it from a GPU kernelspec (")
+    assert lines[0] == "ok: NVIDIA driver library found (libcuda.so.1)"
+    assert lines[1] == f"problem: {check.NOT_LOADED}"
+    assert lines[1].startswith("problem: libvgpu is not loaded in this kernel: start it from a GPU kernelspec (")
     assert all(line.startswith(("ok: ", "problem: ")) for line in lines[:-1])
     assert lines[-1].startswith("verdict: NOT limited")
     assert "ok: slice VRAM: 1 GiB per GPU" in lines
     assert f"ok: no region yet at {env['CUDA_DEVICE_MEMORY_SHARED_CACHE']}: libvgpu creates it at the first CUDA call" \
         in lines
-    assert status.check()[0] == status.Finding(False, status.NOT_LOADED)
+    assert check.check()[1] == check.Finding(False, check.NOT_LOADED)
+
+
+@pytest.mark.parametrize("cpu_server", [True, False])
+def test_without_a_gpu_every_view_leads_with_that(shell: Any, env: dict[str, str], cpu_server: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CPU-only server (the spawners empty CUDA_VISIBLE_DEVICES), or a machine without
+    # the NVIDIA driver: the first and only finding says so, not "install a GPU kernelspec".
+    if cpu_server:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        reason = ("this server has no GPU (CUDA_VISIBLE_DEVICES is empty: a CPU-only server); "
+                  "start a server with a GPU profile to get a GPU slice")
+    else:
+        def no_driver() -> None:
+            raise OSError("libcuda.so.1: cannot open shared object file")
+        monkeypatch.setattr(status, "load_driver", no_driver)
+        reason = status.NO_DRIVER
+    lines = run(shell, "%vgpu check")[1].stdout.splitlines()
+    assert lines == [f"problem: {reason}",
+                     "verdict: no GPU here, so there is nothing to limit and no slice to show"]
+    (shown,) = run(shell, "%vgpu")[1].outputs
+    assert shown.data["text/plain"] == f"vgpu: no GPU slice: {reason}"
+    assert reason.split(":")[0] in shown.data["text/html"]
+    result, out = run(shell, "%vgpu set memory=1GiB")
+    assert not result.success
+    assert str(result.error_in_exec) == f"vgpu set: there is no GPU slice to re-divide: {reason}"
 
 
 def test_check_reports_malformed_limits(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     monkeypatch.setenv("CUDA_DEVICE_SM_LIMIT_1", "150")
     monkeypatch.setenv("GPU_CORE_UTILIZATION_POLICY", "fast")
-    findings = status.check()
+    findings = check.check()
     problems = [f.message for f in findings if not f.ok]
     assert any(m.startswith("CUDA_DEVICE_SM_LIMIT_1='150' is malformed") for m in problems)
     assert any(m.startswith("GPU_CORE_UTILIZATION_POLICY='fast' is malformed") for m in problems)
@@ -250,12 +278,12 @@ def test_check_reports_malformed_limits(monkeypatch: pytest.MonkeyPatch, env: di
 
 CHECK_SCRIPT = """
 import ctypes, json
-from hami_kernel import status
-before = [str(f) for f in status.check()]
+from hami_kernel import check
+before = [str(f) for f in check.check()]
 cuda = ctypes.CDLL("libcuda.so.1")
 assert cuda.cuInit(0) == 0  # joins the slice: the region now exists, with this process in it
-after = status.check()
-print(json.dumps({"before": before, "after": [str(f) for f in after], "verdict": status.verdict(after)}))
+after = check.check()
+print(json.dumps({"before": before, "after": [str(f) for f in after], "verdict": check.verdict(after)}))
 """
 
 
@@ -268,11 +296,11 @@ def test_check_under_libvgpu(runner: Runner, env: dict[str, str]) -> None:
     report = json.loads(done.stdout)
     before, after = report["before"], report["after"]
     assert all(line.startswith("ok: ") for line in before + after), before + after
-    assert before[0] == f"ok: libvgpu is loaded in this process ({runner.library})"
+    assert before[0] == f"ok: NVIDIA driver library found ({runner.build / 'fakedrv' / 'libcuda.so.1'})"
+    assert before[1] == f"ok: libvgpu is loaded in this process ({runner.library})"
     assert f"ok: LD_PRELOAD names it ({runner.library})" in before
     assert "ok: slice VRAM: 1 GiB per GPU" in before and "ok: this kernel's compute cap: 20% per GPU" in before
     assert f"ok: identity in the slice: {ME}" in before
-    assert f"ok: NVIDIA driver library found ({runner.build / 'fakedrv' / 'libcuda.so.1'})" in before
     assert f"ok: no region yet at {runner.region}: libvgpu creates it at the first CUDA call" in before
     assert f"ok: region {runner.region} readable (layout version 1, 1 GPU(s), 1 live process(es))" in after
     assert "ok: this kernel is accounted in the region (slot 0)" in after
