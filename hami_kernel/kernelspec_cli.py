@@ -7,6 +7,8 @@ size, so every kernel started from it gets that VRAM cap and compute share::
     hami-kernel install --name gpu-4g --memory 4GiB --cores 25
     hami-kernel list [--json]
     hami-kernel remove gpu-4g
+
+``hami-kernel run`` (:mod:`hami_kernel.run_cli`) runs any command in a slice.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Any, Sequence
 
 from jupyter_client.kernelspec import KernelSpecManager
 
+from . import run_cli
 from .slice import format_memory, format_memory_env, parse_memory, parse_share
 
 PROG = "hami-kernel"
@@ -208,7 +211,8 @@ def remove(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Install, list and remove Jupyter kernelspecs that start on a GPU slice.")
+        prog=PROG, description="Install, list and remove Jupyter kernelspecs that start on a GPU slice; "
+                               "run a command in one.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("install", help="install a kernelspec that runs on a GPU slice",
                        description="Copy a kernelspec into one whose kernels start on a GPU slice. "
@@ -232,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("-y", "--yes", action="store_true", help="accepted for familiarity; there is no prompt")
     p.set_defaults(func=remove)
+    run_cli.add_parser(sub)
     return parser
 
 
