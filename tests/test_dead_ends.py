@@ -22,7 +22,7 @@ from typing import Iterator
 
 import pytest
 
-pytest.importorskip("jupyterhub")
+pytest.importorskip("jupyterhub", reason="needs JupyterHub: .venv/bin/pip install '.[test]' (the README's test command)")
 
 from cbuild import build_tests  # noqa: E402
 from hub_harness import ROOT, Browser, Hub, fake_driver_dir  # noqa: E402

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import pytest
 
-pytest.importorskip("jupyterhub")
+pytest.importorskip("jupyterhub", reason="needs JupyterHub: .venv/bin/pip install '.[test]' (the README's test command)")
 
 from hub_harness import ROOT, Browser, Hub, free_port, wait_for  # noqa: E402
 

@@ -305,12 +305,24 @@ def _without_required(schema: Any) -> Any:
     return schema
 
 
-@pytest.mark.skipif(not Z2JH_SCHEMA.is_file(), reason=f"no z2jh values schema at {Z2JH_SCHEMA} "
-                                                      f"(set Z2JH_VALUES_SCHEMA)")
+def z2jh_schema() -> Path:
+    """z2jh's own values schema, which this repository does not copy.  Missing in CI is a
+    failure (CI lays out ../shared beside the checkout); elsewhere a skip that says how to
+    provide it."""
+    if Z2JH_SCHEMA.is_file():
+        return Z2JH_SCHEMA
+    message = (f"needs z2jh's values schema at {Z2JH_SCHEMA}: the shared/ folder laid out beside "
+               f"this checkout (as in CI), or Z2JH_VALUES_SCHEMA=<the values.schema.yaml of the "
+               f"jupyterhub chart 4.x>")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def test_z2jh_values_snippet_fits_the_charts_schema() -> None:
     import jsonschema
     import yaml
-    schema = _without_required(yaml.safe_load(Z2JH_SCHEMA.read_text()))
+    schema = _without_required(yaml.safe_load(z2jh_schema().read_text()))
     values = yaml.safe_load((EXAMPLE / "z2jh-values.yaml").read_text())
     # what `--set-file hub.extraConfig.hami-jupyter=jupyterhub_config.py` adds
     values["hub"]["extraConfig"] = {"hami-jupyter": (EXAMPLE / "jupyterhub_config.py").read_text()}

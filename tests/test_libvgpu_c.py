@@ -224,8 +224,10 @@ def _pace(runner: Runner, kind: str, env: dict[str, str]) -> str:
 @pytest.mark.parametrize("kind", sorted(PACE_ACCESS))
 def test_capped_launches_keep_the_gpu_busy_at_the_share(runner: Runner, kind: str,
                                                         policy: str) -> None:
-    # Under a 30% cap the fake GPU is busy 30 +- 5% of the wall time, from
-    # the first launch until drained (the case checks it).
+    # Under a 30% cap the fake GPU is busy at most 35% of the wall time, from
+    # the first launch until drained, and at least 18% (the case checks it:
+    # load on the machine can only lower the fraction; the exact share is the
+    # simulated-clock tests' job).
     line = _pace(runner, kind, {"CUDA_DEVICE_SM_LIMIT": "30",
                                 "GPU_CORE_UTILIZATION_POLICY": policy})
     print(f"{kind} [{runner.variant}, {policy}, cap 30%]: {line}")
@@ -252,7 +254,7 @@ TIMED = {"CUDA_DEVICE_SM_LIMIT": "30", "GPU_CORE_UTILIZATION_POLICY": "force", "
 def test_turns_timed_on_the_gpu_leave_out_its_start(runner: Runner, kind: str) -> None:
     # The fake GPU reaches a turn's first launch 0.4 ms after an idle gap.
     # Timed with events, each turn is charged without that edge, and the
-    # share still holds (the case checks 30 +- 5% busy).
+    # share still holds (the case checks 18 to 35% busy).
     env = {**TIMED, "FAKE_CUDA_GRAPH_LAUNCH_NS": "3000000", "PACE_ONE_ENTRY": "1",
            "LIBVGPU_ARBITER_DIR": str(runner.tmp / "arbiter")}
     done = runner.run(f"pace_{kind}", env, PACE_ACCESS[kind])

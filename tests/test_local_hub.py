@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 import pytest
 
-pytest.importorskip("jupyterhub")
-pytest.importorskip("jupyter_server")
+pytest.importorskip("jupyterhub", reason="needs JupyterHub: .venv/bin/pip install '.[test]' (the README's test command)")
+pytest.importorskip("jupyter_server", reason="needs jupyter_server: .venv/bin/pip install '.[test]'")
 
 from cbuild import ROOT, build_tests  # noqa: E402
 from hub_harness import Browser, Hub, become_subreaper, fake_driver_dir, free_port, process_env, \

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("jupyterhub")
+pytest.importorskip("jupyterhub", reason="needs JupyterHub: .venv/bin/pip install '.[test]' (the README's test command)")
 from jupyterhub.objects import Hub  # noqa: E402
 from jupyterhub.spawner import LocalProcessSpawner  # noqa: E402
 from tornado import web  # noqa: E402

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("jupyter_client")
+pytest.importorskip("jupyter_client", reason="needs jupyter_client: .venv/bin/pip install '.[test]'")
 from jupyter_client import KernelManager  # noqa: E402
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 

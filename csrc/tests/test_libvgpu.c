@@ -860,9 +860,15 @@ static uint64_t now_ns(void)
  * (graphs FAKE_CUDA_GRAPH_LAUNCH_NS) of GPU time, one after another; the
  * fraction of the wall time, from the first launch until all is drained,
  * that it was busy must be the compute share under force (CUDA_DEVICE_SM_LIMIT,
- * or LIBVGPU_PROCESS_SM_LIMIT where lower) +-5 points. Otherwise (no cap,
- * policy disable, or policy default, under which a process alone borrows the
- * idle GPU) it must exceed 90%.
+ * or LIBVGPU_PROCESS_SM_LIMIT where lower): at most 5 points over it, and at
+ * least 60% of it. Otherwise (no cap, policy disable, or policy default, under
+ * which a process alone borrows the idle GPU) it must exceed 90%.
+ *
+ * The two sides differ because this runs on the wall clock of a shared
+ * machine: a loaded CPU or a sanitizer only delays launches and wake-ups, so
+ * it can lower the busy fraction but never raise it. Over the cap is a fault
+ * whatever the load; how closely the share is met is checked exactly by
+ * test_pacing.c, on a simulated clock that no scheduler can disturb.
  */
 static void pace(enum launch_kind kind)
 {
@@ -903,7 +909,7 @@ static void pace(enum launch_kind kind)
            kind == KIND_KERNEL ? "kernels" : kind == KIND_COOP ? "cooperative kernels" : "graphs", share,
            policy ? policy : "unset");
     if (paced)
-        CHECK(percent >= share - 5.0 && percent <= share + 5.0, "the GPU was busy %.1f%% of the time, cap %d%%",
+        CHECK(percent >= 0.6 * share && percent <= share + 5.0, "the GPU was busy %.1f%% of the time, cap %d%%",
               percent, share);
     else
         CHECK(percent > 90.0, "unpaced, the GPU was busy only %.1f%% of the time", percent);
