@@ -225,7 +225,8 @@ def test_example_config_serves_login_and_the_spawn_form(tmp_path: Path) -> None:
     """The README's first command, on a machine without a GPU (as in CI)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH",)}
-    env.update({"HAMI_HUB_PASSWORD": "first-run-pw", "HAMI_HUB_SYSTEM_USERS": "0"})
+    env.update({"HAMI_HUB_PASSWORD": "first-run-pw", "HAMI_HUB_SYSTEM_USERS": "0",
+                "HAMI_HUB_DATA_DIR": str(tmp_path / "data")})
     hub = Hub(tmp_path, "", env=env, config_file=ROOT / "examples" / "local" / "jupyterhub_config.py",
               args=[f"--JupyterHub.bind_url=http://127.0.0.1:{port}",
                     f"--JupyterHub.hub_port={free_port()}",
