@@ -21,12 +21,13 @@ import shutil
 import sys
 import tempfile
 from importlib.metadata import entry_points
-from typing import Any, Sequence
-
-from jupyter_client.kernelspec import KernelSpecManager
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import run_cli
 from .slice import format_memory, format_memory_env, parse_memory, parse_share
+
+if TYPE_CHECKING:
+    from jupyter_client.kernelspec import KernelSpecManager
 
 PROG = "hami-kernel"
 PROVISIONER = "hami-provisioner"
@@ -43,6 +44,8 @@ class CliError(Exception):
 
 
 def _manager() -> KernelSpecManager:
+    # Imported here: `hami-kernel run` needs no Jupyter, and may run where there is none.
+    from jupyter_client.kernelspec import KernelSpecManager
     # A quiet logger of our own: jupyter_client's warnings would add a second, vaguer line.
     log = logging.getLogger(PROG)
     log.setLevel(logging.ERROR)

@@ -88,3 +88,13 @@ def test_bad_input_is_one_line_and_status_2(fake_gpus: dict[str, str], args: lis
     assert done.returncode == 2, done
     assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith("hami-kernel: error: ") and message in done.stderr
+
+
+def test_run_needs_no_jupyter(fake_gpus: dict[str, str]) -> None:
+    # Where only the driver and hami-jupyter are (a training node), run still works.
+    blocked = ("import sys; sys.modules['jupyter_client'] = None; "
+               "from hami_kernel.kernelspec_cli import main; "
+               "raise SystemExit(main(['run', '--memory', '1GiB', '--', 'sh', '-c', 'exit 7']))")
+    done = subprocess.run([sys.executable, "-c", blocked], env={**os.environ, **fake_gpus},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 7, done.stderr
