@@ -6,6 +6,7 @@ tests/gpu/test_local_hub_gpu.py (a real GPU).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import html
 import http.cookiejar
@@ -25,7 +26,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 PR_SET_CHILD_SUBREAPER = 36
@@ -79,6 +80,19 @@ def reap(pid: int) -> None:
         except ChildProcessError:
             pass
     threading.Thread(target=wait, daemon=True).start()
+
+
+def send(open_request: Callable[..., Any], req: urllib.request.Request) -> tuple[int, Any]:
+    """(status, JSON body, or the text when it is not JSON) of one HTTP request."""
+    try:
+        with open_request(req, timeout=60) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
 
 
 def fake_driver_dir(build: Path) -> Path:
@@ -152,6 +166,18 @@ c.Spawner.environment = {{"HAMI_TEST_HUB": {self.marker!r},
         log.close()
         wait_for("the hub to answer", self._up, timeout)
 
+    @contextlib.contextmanager
+    def running(self, *users: str) -> Iterator[Hub]:
+        """Started, with ``users`` created; afterwards stopped, and its servers killed."""
+        self.start()
+        try:
+            for user in users:
+                self.create_user(user)
+            yield self
+        finally:
+            self.stop()
+            self.kill_servers()
+
     def _up(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"the hub exited with {self.proc.returncode}:\n{self.log()}")
@@ -208,15 +234,7 @@ c.Spawner.environment = {{"HAMI_TEST_HUB": {self.marker!r},
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method, headers={
             "Authorization": f"token {token or self.token}", **(headers or {})})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return send(urllib.request.urlopen, req)
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any]:
         return self.request("GET", path, **kw)
@@ -326,15 +344,7 @@ class Browser:
         req = urllib.request.Request(self.url + path, method=method,
                                      data=None if body is None else json.dumps(body).encode(),
                                      headers={"X-XSRFToken": xsrf, "Content-Type": "application/json"})
-        try:
-            with self.opener.open(req, timeout=60) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return send(self.opener.open, req)
 
     def token(self, user: str) -> str:
         """An API token of the logged-in ``user``, made through the hub's own REST API."""

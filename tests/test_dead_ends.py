@@ -60,14 +60,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory, closed_python: Path) -> Iterat
     work = tmp_path_factory.mktemp("dead-ends")
     no_gpu = {"LD_LIBRARY_PATH": str(fake_driver_dir(build_tests("plain"))), "FAKE_CUDA_DEVICE_COUNT": "0"}
     hub = Hub(work, CONFIG.format(regions=str(work / "regions"), python=str(closed_python)), env=no_gpu)
-    hub.start()
-    for user in ("nobody", MISSING):
-        hub.create_user(user)
-    try:
+    with hub.running("nobody", MISSING):
         yield hub
-    finally:
-        hub.stop()
-        hub.kill_servers()
 
 
 def test_an_account_that_cannot_run_the_server_command_gets_403_with_why(hub: Hub, closed_python: Path) -> None:

@@ -76,14 +76,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory, fake_env: dict[str, str]) -> I
     config = CONFIG.format(home=str(work / "home" / "{username}"), regions=str(work / "regions"),
                            server_env=server_env)
     hub = Hub(work, config, env={**fake_env, "PYTHONPATH": server_env["PYTHONPATH"]})
-    hub.start()
-    for user in ("alice", "bob", "carol", "dave", "rita", "erin", "frank"):
-        hub.create_user(user)
     try:
-        yield hub
+        with hub.running("alice", "bob", "carol", "dave", "rita", "erin", "frank"):
+            yield hub
     finally:
-        hub.stop()
-        hub.kill_servers()
         become_subreaper(False)
 
 
