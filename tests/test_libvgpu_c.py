@@ -235,7 +235,7 @@ def test_capped_launches_keep_the_gpu_busy_at_the_share(runner: Runner, kind: st
 
 @pytest.mark.parametrize("kind", sorted(PACE_ACCESS))
 def test_uncapped_launches_keep_the_gpu_busy(runner: Runner, kind: str) -> None:
-    # The control: with no cap the same launches keep the fake GPU over 90% busy.
+    # The control: with no cap the same launches keep the fake GPU busy (over 75%: see pace()).
     print(f"{kind} [{runner.variant}, no cap]: {_pace(runner, kind, {})}")
 
 
@@ -260,7 +260,9 @@ def test_turns_timed_on_the_gpu_leave_out_its_start(runner: Runner, kind: str) -
     done = runner.run(f"pace_{kind}", env, PACE_ACCESS[kind])
     turns, edge_us = _timed_turns(done.stderr)
     assert turns >= 5, done.stderr
-    assert 350 <= edge_us <= 1000, done.stderr
+    # At least the 0.4 ms start; at most half a turn (about 6 ms at 30% of a 20 ms period),
+    # so the GPU's span is really measured. Load can only lengthen the host's side.
+    assert 350 <= edge_us <= 3000, done.stderr
 
 
 def test_turns_on_two_streams_are_charged_by_host_time(runner: Runner) -> None:
@@ -279,7 +281,7 @@ def test_turn_charge_setting_is_checked(runner: Runner) -> None:
 
 def test_default_policy_alone_borrows_the_idle_gpu(runner: Runner) -> None:
     # Under `default` a capped process with the GPU to itself is not held
-    # to its share: over 90% busy.
+    # to its share: over 75% busy (twice the cap and more; see pace()).
     line = _pace(runner, "kernel", {"CUDA_DEVICE_SM_LIMIT": "30",
                                     "GPU_CORE_UTILIZATION_POLICY": "default"})
     print(f"kernel [{runner.variant}, default, cap 30%]: {line}")

@@ -862,11 +862,13 @@ static uint64_t now_ns(void)
  * that it was busy must be the compute share under force (CUDA_DEVICE_SM_LIMIT,
  * or LIBVGPU_PROCESS_SM_LIMIT where lower): at most 5 points over it, and at
  * least 60% of it. Otherwise (no cap, policy disable, or policy default, under
- * which a process alone borrows the idle GPU) it must exceed 90%.
+ * which a process alone borrows the idle GPU) it must exceed 75%, more than
+ * twice any share these cases cap at (30%, so at most 35%).
  *
- * The two sides differ because this runs on the wall clock of a shared
+ * The bounds are lopsided because this runs on the wall clock of a shared
  * machine: a loaded CPU or a sanitizer only delays launches and wake-ups, so
- * it can lower the busy fraction but never raise it. Over the cap is a fault
+ * it can lower the busy fraction but never raise it (under load an unpaced
+ * run was seen at 89.6%, a paced one at 25%). Over the cap is a fault
  * whatever the load; how closely the share is met is checked exactly by
  * test_pacing.c, on a simulated clock that no scheduler can disturb.
  */
@@ -912,7 +914,7 @@ static void pace(enum launch_kind kind)
         CHECK(percent >= 0.6 * share && percent <= share + 5.0, "the GPU was busy %.1f%% of the time, cap %d%%",
               percent, share);
     else
-        CHECK(percent > 90.0, "unpaced, the GPU was busy only %.1f%% of the time", percent);
+        CHECK(percent > 75.0, "unpaced, the GPU was busy only %.1f%% of the time", percent);
 }
 
 static void case_pace_kernel(void) { pace(KIND_KERNEL); }
