@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -859,18 +860,18 @@ static uint64_t now_ns(void)
  * cuCtxSynchronize. The fake GPU gives each launch FAKE_CUDA_LAUNCH_NS
  * (graphs FAKE_CUDA_GRAPH_LAUNCH_NS) of GPU time, one after another; the
  * fraction of the wall time, from the first launch until all is drained,
- * that it was busy must be the compute share under force (CUDA_DEVICE_SM_LIMIT,
- * or LIBVGPU_PROCESS_SM_LIMIT where lower): at most 5 points over it, and at
- * least 60% of it. Otherwise (no cap, policy disable, or policy default, under
- * which a process alone borrows the idle GPU) it must exceed 75%, more than
- * twice any share these cases cap at (30%, so at most 35%).
+ * that it was busy, and how often the launching thread slept and was
+ * preempted, are printed. Under force with a share (CUDA_DEVICE_SM_LIMIT, or
+ * LIBVGPU_PROCESS_SM_LIMIT where lower) the busy fraction must not exceed the
+ * share by more than 5 points: load on the machine only delays launches, so
+ * that bound holds however loaded the machine is.
  *
- * The bounds are lopsided because this runs on the wall clock of a shared
- * machine: a loaded CPU or a sanitizer only delays launches and wake-ups, so
- * it can lower the busy fraction but never raise it (under load an unpaced
- * run was seen at 89.6%, a paced one at 25%). Over the cap is a fault
- * whatever the load; how closely the share is met is checked exactly by
- * test_pacing.c, on a simulated clock that no scheduler can disturb.
+ * Everything else is judged by tests/test_libvgpu_c.py from what is printed
+ * and from libvgpu's own exit report (the time it granted in turns), not
+ * from how busy the fake GPU was: on a loaded machine a host that cannot
+ * issue launches fast enough leaves the GPU idle inside its turns (seen: 14%
+ * busy in 29% of the time granted), whatever the limiter does. How closely
+ * the share is met is checked exactly by test_pacing.c, on a simulated clock.
  */
 static void pace(enum launch_kind kind)
 {
@@ -890,12 +891,15 @@ static void pace(enum launch_kind kind)
     for (int e = 0; e < 4; e++)
         launched_before += fake_cuda_launch_count_by_name(g_kind_exports[kind][e]);
 
+    struct rusage before, after;
+    getrusage(RUSAGE_THREAD, &before);
     uint64_t busy0 = fake_cuda_busy_ns(0), start = now_ns(), n = 0;
     while (now_ns() - start < window && fake_cuda_busy_ns(0) - busy0 < window) {
         CUresult r = launch_one(kind, n);
         CHECK(r == CUDA_SUCCESS, "launch %llu returned %d", (unsigned long long)n, r);
         n++;
     }
+    getrusage(RUSAGE_THREAD, &after);
     CHECK_CU(L.sync(), CUDA_SUCCESS);
     uint64_t end = now_ns(), busy = fake_cuda_busy_ns(0) - busy0;
     CHECK(fake_cuda_busy_until(0) <= end, "cuCtxSynchronize returned before the GPU was idle");
@@ -906,15 +910,13 @@ static void pace(enum launch_kind kind)
     CHECK(launched - launched_before == n, "%llu launches reached the driver, %llu were made",
           launched - launched_before, (unsigned long long)n);
     double percent = 100.0 * (double)busy / (double)(end - start);
-    printf("busy %.1f%% of %.3f s (%llu launches of %.2f ms of GPU time, %s, share %d%%, policy %s)\n", percent,
+    printf("busy %.1f%% of %.3f s (%llu launches of %.2f ms of GPU time, %s, share %d%%, policy %s); "
+           "the launching thread slept %ld times, was preempted %ld times\n", percent,
            (double)(end - start) / 1e9, (unsigned long long)n, n ? (double)busy / (double)n / 1e6 : 0.0,
            kind == KIND_KERNEL ? "kernels" : kind == KIND_COOP ? "cooperative kernels" : "graphs", share,
-           policy ? policy : "unset");
+           policy ? policy : "unset", after.ru_nvcsw - before.ru_nvcsw, after.ru_nivcsw - before.ru_nivcsw);
     if (paced)
-        CHECK(percent >= 0.6 * share && percent <= share + 5.0, "the GPU was busy %.1f%% of the time, cap %d%%",
-              percent, share);
-    else
-        CHECK(percent > 75.0, "unpaced, the GPU was busy only %.1f%% of the time", percent);
+        CHECK(percent <= share + 5.0, "the GPU was busy %.1f%% of the time, cap %d%%", percent, share);
 }
 
 static void case_pace_kernel(void) { pace(KIND_KERNEL); }
