@@ -29,8 +29,9 @@ class SubSliceError(ValueError):
 
 
 def region_path(env: Mapping[str, str]) -> str:
-    """The shared region libvgpu uses under this env (its default when unset)."""
-    return env.get(REGION_ENV) or f"/tmp/libvgpu.{os.getuid()}.region"
+    """The shared region libvgpu uses under this env (its default when unset:
+    in the user's private directory, /tmp/libvgpu.<euid>, mode 0700)."""
+    return env.get(REGION_ENV) or f"/tmp/libvgpu.{os.geteuid()}/region"
 
 
 def server_limits(env: Mapping[str, str]) -> list[DeviceLimit]:

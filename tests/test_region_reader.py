@@ -132,7 +132,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_not_a_file(tmp_path: Path) -> None:
-    with pytest.raises(RegionError, match="not a regular file"):
+    with pytest.raises(RegionError, match="is a directory: refusing it"):
         read_region(tmp_path)
 
 

@@ -153,19 +153,23 @@ void vgpu_config_load(void)
     else if (charge)
         g_config.gpu_timed_turns = strcmp(charge, "gpu") == 0;
 
+    /* Without settings, the region and the turn files live in a directory
+     * of this user's own that nobody else can plant files in (safe_file.h). */
+    snprintf(g_config.default_dir, sizeof g_config.default_dir, "/tmp/libvgpu.%u", (unsigned)geteuid());
     const char *path = env("CUDA_DEVICE_MEMORY_SHARED_CACHE");
     if (path && strlen(path) >= sizeof g_config.region_path)
         fail("CUDA_DEVICE_MEMORY_SHARED_CACHE", path, "path too long");
     else if (path)
         snprintf(g_config.region_path, sizeof g_config.region_path, "%s", path);
     else
-        snprintf(g_config.region_path, sizeof g_config.region_path, "/tmp/libvgpu.%u.region",
-                 (unsigned)getuid());
+        snprintf(g_config.region_path, sizeof g_config.region_path, "%s/region", g_config.default_dir);
+    g_config.region_default = !path;
 
     const char *arbiter = env("LIBVGPU_ARBITER_DIR");
     if (arbiter && strlen(arbiter) >= sizeof g_config.arbiter_dir - 64)
         fail("LIBVGPU_ARBITER_DIR", arbiter, "path too long");
-    snprintf(g_config.arbiter_dir, sizeof g_config.arbiter_dir, "%s", arbiter ? arbiter : "/tmp/libvgpu");
+    snprintf(g_config.arbiter_dir, sizeof g_config.arbiter_dir, "%s", arbiter ? arbiter : g_config.default_dir);
+    g_config.arbiter_default = !arbiter;
 
     const char *identity = env("LIBVGPU_IDENTITY");
     snprintf(g_config.identity, sizeof g_config.identity, "%s", identity ? identity : "");

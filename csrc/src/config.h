@@ -31,6 +31,9 @@ struct vgpu_config {
     uint64_t context_size; /* 0 = measure it */
     char region_path[4096];
     char arbiter_dir[4096];
+    char default_dir[64];  /* /tmp/libvgpu.<euid>: private, 0700 */
+    int region_default;    /* region_path is in default_dir */
+    int arbiter_default;   /* arbiter_dir is default_dir */
     char identity[VGPU_IDENTITY_LEN];
 };
 

@@ -109,7 +109,8 @@ static void configure(int entry)
     unsigned char uuid[16];
     struct vgpu_arbiter *arb;
     vgpu_region_device_uuid(vgpu_rt.region.map, entry, uuid);
-    if (vgpu_arbiter_open(vgpu_config()->arbiter_dir, uuid, &arb, &fd, err, sizeof err) != 0) {
+    if (vgpu_arbiter_open(vgpu_config()->arbiter_dir, vgpu_config()->arbiter_default, uuid, vgpu_mapping_lost, &arb,
+                          &fd, err, sizeof err) != 0) {
         vgpu_fail(err);
         return;
     }
@@ -301,8 +302,12 @@ CUresult vgpu_launch_enter(CUstream stream, int per_thread, struct vgpu_launch *
      * sub-slice may be re-divided while it runs. */
     uint32_t share = share_of(l->entry);
     if (!atomic_load_explicit(&d->capped, memory_order_acquire)) {
-        if (share == 0 || !atomic_load_explicit(&capped_later(l->entry)->capped, memory_order_acquire))
+        if (share == 0)
             return CUDA_SUCCESS;
+        /* A cap that could not be set up (no turn file) has failed closed:
+         * this launch must not run uncapped either. */
+        if (!atomic_load_explicit(&capped_later(l->entry)->capped, memory_order_acquire))
+            return vgpu_is_ready() ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
     }
     pthread_mutex_lock(&d->lock);
     uint32_t now_share = share ? share : 100; /* a cap lifted: turns that never wait */

@@ -1,6 +1,8 @@
 #include "region.h"
 
 #include "checksum.h"
+#include "map_guard.h"
+#include "safe_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -40,7 +42,7 @@ static int create_region(const char *path, char *err, size_t errlen)
      * waits on a creator that may have died half way. */
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
-    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
         snprintf(err, errlen, "cannot create the shared region %s: %s", tmp, strerror(errno));
         return -1;
@@ -70,24 +72,24 @@ static int create_region(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-int vgpu_region_open(const char *path, struct vgpu_region_handle *h, char *err, size_t errlen)
+int vgpu_region_open(const char *path, struct vgpu_region_handle *h, void (*lost)(void), char *err,
+                     size_t errlen)
 {
     h->map = NULL;
     h->fd = -1;
     h->slot = -1;
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    int fd = vgpu_open_shared_file(path, O_RDWR, "the shared region", err, errlen);
     if (fd < 0 && errno == ENOENT) {
         if (create_region(path, err, errlen) != 0)
             return -1;
-        fd = open(path, O_RDWR | O_CLOEXEC);
+        fd = vgpu_open_shared_file(path, O_RDWR, "the shared region", err, errlen);
     }
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot open the shared region %s: %s", path, strerror(errno));
+    if (fd < 0)
         return -1;
-    }
     struct stat st;
     struct vgpu_region_header hdr;
     memset(&hdr, 0, sizeof hdr);
+    errno = 0;
     if (fstat(fd, &st) != 0 || pread(fd, &hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
         snprintf(err, errlen, "cannot read the shared region %s (%s)", path,
                  errno ? strerror(errno) : "file too short");
@@ -114,8 +116,12 @@ int vgpu_region_open(const char *path, struct vgpu_region_handle *h, char *err, 
         close(fd);
         return -1;
     }
+    /* Guarded before the first access: the file may shrink at any moment
+     * (map_guard.h), and reading the header is an access. */
+    vgpu_map_guard_add(map, VGPU_REGION_SIZE, "the shared region", path, lost);
     if (!vgpu_region_valid(map)) {
         snprintf(err, errlen, "the shared region %s is corrupted (bad header)", path);
+        vgpu_map_guard_remove(map);
         munmap(map, VGPU_REGION_SIZE);
         close(fd);
         return -1;
@@ -127,8 +133,10 @@ int vgpu_region_open(const char *path, struct vgpu_region_handle *h, char *err, 
 
 void vgpu_region_close(struct vgpu_region_handle *h)
 {
-    if (h->map)
+    if (h->map) {
+        vgpu_map_guard_remove(h->map);
         munmap(h->map, VGPU_REGION_SIZE);
+    }
     if (h->fd >= 0)
         close(h->fd);
     h->map = NULL;
@@ -306,8 +314,13 @@ enum vgpu_charge_result vgpu_region_charge(struct vgpu_region_handle *h, int dev
     }
     for (int attempt = 0; attempt < 2; attempt++) {
         uint64_t limit = atomic_load(&r->devices[dev].memory_limit);
-        if (limit == VGPU_UNLIMITED || vgpu_region_used(r, dev) <= limit)
+        if (limit == VGPU_UNLIMITED || vgpu_region_used(r, dev) <= limit) {
+            /* A region truncated during the sum reads as zeros (map_guard.h):
+             * the sum proves nothing then. */
+            if (r->header.magic != VGPU_REGION_MAGIC)
+                return VGPU_REGION_BROKEN;
             return VGPU_CHARGED;
+        }
         if (vgpu_region_reclaim(h) == 0)
             break;
     }

@@ -23,9 +23,12 @@ enum vgpu_charge_result {
     VGPU_REGION_BROKEN = 3,
 };
 
-/* Opens (creating if needed) and validates the region at path. On failure,
- * returns -1 with a one-line reason in err. */
-int vgpu_region_open(const char *path, struct vgpu_region_handle *h, char *err, size_t errlen);
+/* Opens (creating if needed) and validates the region at path, refusing a
+ * file that is not this user's own (safe_file.h). The mapping is guarded
+ * against truncation (map_guard.h); `lost` runs, from a signal handler, if
+ * that happens. On failure, returns -1 with a one-line reason in err. */
+int vgpu_region_open(const char *path, struct vgpu_region_handle *h, void (*lost)(void), char *err,
+                     size_t errlen);
 void vgpu_region_close(struct vgpu_region_handle *h);
 
 /* Checks magic, version, sizes and the header checksum. */

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "monitor.h"
 #include "real_driver.h"
+#include "safe_file.h"
 
 struct vgpu_runtime vgpu_rt = {.region = {.fd = -1, .slot = -1}};
 
@@ -29,6 +30,10 @@ void vgpu_fail(const char *reason)
     if (was != VGPU_STATE_BROKEN)
         VGPU_ERROR("%s; CUDA calls will fail until this is fixed", reason);
 }
+
+/* A shared file was truncated under us (map_guard.h); runs in a signal
+ * handler, so it only flips the state: every CUDA call fails from now on. */
+void vgpu_mapping_lost(void) { atomic_store(&vgpu_rt.state, VGPU_STATE_BROKEN); }
 
 static CUresult device_uuid(CUdevice dev, unsigned char out[16])
 {
@@ -126,7 +131,8 @@ CUresult vgpu_ready_slow(void)
     if (result != CUDA_SUCCESS)
         goto out;
     char err[512];
-    if (vgpu_region_open(cfg->region_path, &vgpu_rt.region, err, sizeof err) != 0) {
+    if ((cfg->region_default && vgpu_private_dir(cfg->default_dir, err, sizeof err) != 0) ||
+        vgpu_region_open(cfg->region_path, &vgpu_rt.region, vgpu_mapping_lost, err, sizeof err) != 0) {
         vgpu_fail(err);
         result = CUDA_ERROR_NOT_INITIALIZED;
         goto out;

@@ -43,6 +43,10 @@ static inline int vgpu_is_ready(void)
 /* Fails closed: from now on CUDA calls through libvgpu return an error. */
 void vgpu_fail(const char *reason);
 
+/* A shared file was truncated while mapped (map_guard.h): fails the library
+ * closed. Async-signal-safe. */
+void vgpu_mapping_lost(void);
+
 /* Region device entry of a CUDA ordinal, or -1. */
 int vgpu_entry_of_ordinal(int ordinal);
 /* Region device entry of the calling thread's current context. */
