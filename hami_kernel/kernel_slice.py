@@ -36,7 +36,7 @@ def region_path(env: Mapping[str, str]) -> str:
 
 def server_limits(env: Mapping[str, str]) -> list[DeviceLimit]:
     """The server's slice per GPU, from HAMi's variables (uncapped when absent)."""
-    indices = [int(m.group(1)) for key, value in env.items() if value and (m := _PER_DEVICE_RE.fullmatch(key))]
+    indices = [int(m.group(1)) for key, value in env.items() if (m := _PER_DEVICE_RE.fullmatch(key))]
     return device_limits(env, max(indices, default=0) + 1)
 
 

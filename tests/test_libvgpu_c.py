@@ -134,6 +134,11 @@ BROKEN_ENV = [
     ("CUDA_DEVICE_MEMORY_LIMIT_0", "lots"),
     ("LIBVGPU_PROCESS_MEMORY_LIMIT", "4 GiB"),
     ("CUDA_DEVICE_SM_LIMIT", "150"),
+    # set but empty, signs and spaces: refused, never "no limit" (tests/data/env_language.json has the rest)
+    ("CUDA_DEVICE_MEMORY_LIMIT", ""),
+    ("CUDA_DEVICE_SM_LIMIT", " 50"),
+    ("CUDA_DEVICE_SM_LIMIT", "+50"),
+    ("CUDA_DEVICE_SM_LIMIT", "-0"),
     ("GPU_CORE_UTILIZATION_POLICY", "fastest"),
 ]
 

@@ -12,6 +12,10 @@ static struct vgpu_config g_config;
 
 const struct vgpu_config *vgpu_config(void) { return &g_config; }
 
+/* At most 20 digits: every value below 2^64 fits, and a longer spelling
+ * (leading zeros included) is refused the same way by hami_kernel/slice.py. */
+#define SIZE_DIGITS 20
+
 int vgpu_parse_size(const char *text, uint64_t *bytes)
 {
     const char *p = text;
@@ -19,7 +23,7 @@ int vgpu_parse_size(const char *text, uint64_t *bytes)
     if (*p < '0' || *p > '9')
         return -1;
     for (; *p >= '0' && *p <= '9'; p++) {
-        if (value > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+        if (p - text >= SIZE_DIGITS || value > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
             return -1;
         value = value * 10 + (uint64_t)(*p - '0');
     }
@@ -34,7 +38,26 @@ int vgpu_parse_size(const char *text, uint64_t *bytes)
     }
     if (*p != '\0' || value == 0 || value > (UINT64_MAX >> shift))
         return -1;
-    *bytes = value << shift;
+    value <<= shift;
+    if (value == VGPU_UNLIMITED) /* the region's "no limit": not a size */
+        return -1;
+    *bytes = value;
+    return 0;
+}
+
+int vgpu_parse_percent(const char *text, uint32_t *percent)
+{
+    /* One to three ASCII digits, nothing else: no sign, no space, no "%". */
+    uint32_t value = 0;
+    const char *p = text;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (p - text >= 3)
+            return -1;
+        value = value * 10 + (uint32_t)(*p - '0');
+    }
+    if (p == text || *p != '\0' || value > 100)
+        return -1;
+    *percent = value;
     return 0;
 }
 
@@ -50,32 +73,40 @@ static void fail(const char *name, const char *value, const char *expected)
 static const char *env(const char *name)
 {
     const char *v = getenv(name);
-    return (v && *v) ? v : NULL; /* an empty variable counts as unset */
+    return (v && *v) ? v : NULL; /* an empty setting counts as unset */
 }
+
+/* A limit's variable: set but empty is a mistake (a template that lost its
+ * value), never "no limit". NULL when unset. */
+static const char *limit_env(const char *name, const char *expected)
+{
+    const char *v = getenv(name);
+    if (v && !*v)
+        fail(name, v, expected);
+    return (v && *v) ? v : NULL;
+}
+
+#define SIZE_EXPECTED "expected a positive size such as 4g, 4096m or a byte count; unset it for no limit"
+#define PERCENT_EXPECTED "expected a whole percent from 0 to 100, digits only"
 
 static void size_var(const char *name, uint64_t *out)
 {
-    const char *v = env(name);
-    if (!v)
-        return;
-    if (vgpu_parse_size(v, out) != 0)
-        fail(name, v, "expected a positive size such as 4g, 4096m or a byte count; "
-                      "unset it for no limit");
+    const char *v = limit_env(name, SIZE_EXPECTED);
+    if (v && vgpu_parse_size(v, out) != 0)
+        fail(name, v, SIZE_EXPECTED);
 }
 
 static void percent_var(const char *name, uint64_t *out)
 {
-    const char *v = env(name);
+    const char *v = limit_env(name, PERCENT_EXPECTED);
+    uint32_t n;
     if (!v)
         return;
-    char *end;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || *end || end == v || n < 0 || n > 100) {
-        fail(name, v, "expected a whole percent from 0 to 100");
+    if (vgpu_parse_percent(v, &n) != 0) {
+        fail(name, v, PERCENT_EXPECTED);
         return;
     }
-    *out = (n == 100) ? 0 : (uint64_t)n; /* 0 and 100 both mean no cap */
+    *out = (n == 100) ? 0 : n; /* 0 and 100 both mean no cap */
 }
 
 /* Reads NAME and NAME_0 .. NAME_15 with `read`: the bare name sets every
@@ -117,7 +148,7 @@ void vgpu_config_load(void)
     per_device_percents("LIBVGPU_PROCESS_SM_LIMIT", g_config.process_sm_limit);
     size_var("LIBVGPU_CONTEXT_SIZE", &g_config.context_size);
 
-    const char *policy = env("GPU_CORE_UTILIZATION_POLICY");
+    const char *policy = limit_env("GPU_CORE_UTILIZATION_POLICY", "expected default, force or disable");
     if (!policy || strcasecmp(policy, "default") == 0)
         g_config.policy = VGPU_POLICY_DEFAULT;
     else if (strcasecmp(policy, "force") == 0)
@@ -133,7 +164,7 @@ void vgpu_config_load(void)
         char *end;
         errno = 0;
         long ms = strtol(period, &end, 10);
-        if (errno || *end || ms < 5 || ms > 1000)
+        if (errno || *end || ms < 5 || ms > 1000 || period[0] < '0' || period[0] > '9')
             fail("LIBVGPU_SHARE_PERIOD_MS", period, "expected whole milliseconds from 5 to 1000");
         else
             g_config.share_period_ns = (uint64_t)ms * 1000000u;

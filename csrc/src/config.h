@@ -41,8 +41,14 @@ struct vgpu_config {
 void vgpu_config_load(void);
 const struct vgpu_config *vgpu_config(void);
 
-/* "20480m", "4g", "1073741824": digits with an optional k/m/g/t suffix
- * (1024-based). Returns 0 on success; zero, overflow and anything else fail. */
+/* The languages of the limit variables, shared with hami_kernel/slice.py
+ * (one table of cases tests both: tests/data/env_language.json).
+ *
+ * Sizes: "20480m", "4g", "1073741824": 1 to 20 ASCII digits with an optional
+ * k/m/g/t suffix (either case, 1024-based), from 1 byte to 2^64 - 2.
+ * Percents: 1 to 3 ASCII digits, 0 to 100. No sign, space or other unit.
+ * Both return 0 on success and -1 on anything else. */
 int vgpu_parse_size(const char *text, uint64_t *bytes);
+int vgpu_parse_percent(const char *text, uint32_t *percent);
 
 #endif
