@@ -34,10 +34,10 @@ __all__ = [
     "set_process_memory_limit",
 ]
 
-# ---- layout: mirrors csrc/include/vgpu_region.h (version 1) ----------------
+# ---- layout: mirrors csrc/include/vgpu_region.h (version 2) ----------------
 
 MAGIC = 0x55504776  # "vGPU"
-VERSION = 1
+VERSION = 2
 MAX_DEVICES = 16
 MAX_PROCS = 1024
 IDENTITY_LEN = 64

@@ -153,7 +153,7 @@ def test_malformed_configuration_fails_closed(runner: Runner, name: str, value: 
     assert f"{name}='{value}'" in lines[0] and "CUDA calls will fail" in lines[0]
 
 
-def _header(magic: int = 0x55504776, version: int = 1) -> bytes:
+def _header(magic: int = 0x55504776, version: int = 2) -> bytes:
     return struct.pack("<IIIIII", magic, version, 4096 + 1024 * 1024, 16, 1024, 1024)
 
 

@@ -20,6 +20,13 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 uint64_t vgpu_region_checksum(const struct vgpu_region_header *hdr)
 {
     return vgpu_fnv1a(hdr, offsetof(struct vgpu_region_header, checksum));
@@ -78,6 +85,7 @@ int vgpu_region_open(const char *path, struct vgpu_region_handle *h, void (*lost
     h->map = NULL;
     h->fd = -1;
     h->slot = -1;
+    h->driver_holds = NULL;
     int fd = vgpu_open_shared_file(path, O_RDWR, "the shared region", err, errlen);
     if (fd < 0 && errno == ENOENT) {
         if (create_region(path, err, errlen) != 0)
@@ -175,6 +183,7 @@ int vgpu_region_slot_live(const struct vgpu_region_handle *h, int slot)
 static void zero_slot(struct vgpu_proc *p)
 {
     atomic_store(&p->pid, 0);
+    atomic_store(&p->driver_pid, 0);
     for (int d = 0; d < VGPU_MAX_DEVICES; d++) {
         atomic_store(&p->used[d], 0);
         atomic_store(&p->memory_limit[d], 0);
@@ -185,6 +194,44 @@ static void zero_slot(struct vgpu_proc *p)
     atomic_store(&p->updated_ns, 0);
     p->claimed_ns = 0;
     memset(p->identity, 0, sizeof p->identity);
+}
+
+/* When this process first found each dead slot (for the grace), keyed by the
+ * slot's claimed_ns so that a slot taken over since is not confused with it. */
+static _Atomic uint64_t g_dead_claimed[VGPU_MAX_PROCS];
+static _Atomic uint64_t g_dead_seen[VGPU_MAX_PROCS];
+
+static int grace_over(int slot, uint64_t claimed)
+{
+    uint64_t now = mono_ns();
+    if (atomic_exchange(&g_dead_claimed[slot], claimed) != claimed || atomic_load(&g_dead_seen[slot]) == 0) {
+        atomic_store(&g_dead_seen[slot], now);
+        return 0;
+    }
+    return now - atomic_load(&g_dead_seen[slot]) >= (uint64_t)VGPU_RECLAIM_GRACE_MS * 1000000u;
+}
+
+/* 1 if the memory of the dead process in slot i (whose lock we hold) is
+ * gone from the GPU, so its usage may leave the slice (vgpu_region.h). */
+static int dead_slot_released(struct vgpu_region_handle *h, int slot)
+{
+    struct vgpu_proc *p = &h->map->procs[slot];
+    int32_t driver_pid = atomic_load(&p->driver_pid);
+    int used = 0, unknown = driver_pid == 0 || !h->driver_holds;
+    for (int d = 0; d < VGPU_MAX_DEVICES; d++) {
+        if (atomic_load(&p->used[d]) == 0)
+            continue;
+        used = 1;
+        if (unknown)
+            continue;
+        unsigned char uuid[16];
+        vgpu_region_device_uuid(h->map, d, uuid);
+        int holds = h->driver_holds(driver_pid, uuid);
+        if (holds > 0)
+            return 0;
+        unknown |= holds < 0;
+    }
+    return !used || !unknown || grace_over(slot, p->claimed_ns);
 }
 
 int vgpu_region_claim_slot(struct vgpu_region_handle *h, const char *identity)
@@ -198,6 +245,10 @@ int vgpu_region_claim_slot(struct vgpu_region_handle *h, const char *identity)
                 continue;
             if (slot_lock(h->fd, i, F_WRLCK) != 0)
                 continue;
+            if (pass == 1 && !dead_slot_released(h, i)) {
+                slot_lock(h->fd, i, F_UNLCK); /* its owner's memory is still on the GPU */
+                continue;
+            }
             struct vgpu_proc *p = &r->procs[i];
             zero_slot(p); /* whatever a dead owner left is no longer on the GPU */
             snprintf(p->identity, sizeof p->identity, "%s", identity);
@@ -293,6 +344,10 @@ int vgpu_region_reclaim(struct vgpu_region_handle *h)
          * owner from claiming it while we zero it. */
         if (slot_lock(h->fd, (int)i, F_WRLCK) != 0)
             continue;
+        if (!dead_slot_released(h, (int)i)) {
+            slot_lock(h->fd, (int)i, F_UNLCK);
+            continue;
+        }
         zero_slot(&r->procs[i]);
         slot_lock(h->fd, (int)i, F_UNLCK);
         freed++;

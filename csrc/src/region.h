@@ -10,10 +10,15 @@
 
 #include "vgpu_region.h"
 
+/* Whether the driver still holds memory of process `driver_pid` on the GPU
+ * with this UUID: 1 yes, 0 no, -1 cannot tell. */
+typedef int (*vgpu_driver_holds_fn)(int32_t driver_pid, const unsigned char uuid[16]);
+
 struct vgpu_region_handle {
     struct vgpu_region *map;
     int fd;   /* one open file description per process: its OFD locks are our slots */
     int slot; /* the proc slot this process owns, -1 before claiming */
+    vgpu_driver_holds_fn driver_holds; /* NULL: every dead slot waits out the grace */
 };
 
 enum vgpu_charge_result {
@@ -56,7 +61,8 @@ void vgpu_region_uncharge(struct vgpu_region_handle *h, int dev, uint64_t bytes)
 /* Bytes charged on a device by all slots (dead ones included until reclaimed). */
 uint64_t vgpu_region_used(const struct vgpu_region *r, int dev);
 
-/* Zeroes the slots of processes that have died. Returns how many it freed. */
+/* Zeroes the slots of processes that have died and whose memory the driver
+ * has freed (vgpu_region.h). Returns how many it freed. */
 int vgpu_region_reclaim(struct vgpu_region_handle *h);
 
 /* 1 if some process holds slot i's lock (it is live). */

@@ -35,6 +35,23 @@ void vgpu_fail(const char *reason)
  * handler, so it only flips the state: every CUDA call fails from now on. */
 void vgpu_mapping_lost(void) { atomic_store(&vgpu_rt.state, VGPU_STATE_BROKEN); }
 
+/* The driver's per-process view (vgpu_region_h's reclaim rule): is process
+ * pid still listed on the GPU with this UUID? */
+static int driver_holds(int32_t pid, const unsigned char uuid[16])
+{
+    nvmlDevice_t dev;
+    if (vgpu_real_nvml_device(uuid, &dev) != 0 || !vgpu_real.nvmlDeviceGetComputeRunningProcesses_v3)
+        return -1;
+    nvmlProcessInfo_t infos[256];
+    unsigned int count = 256;
+    if (vgpu_real.nvmlDeviceGetComputeRunningProcesses_v3(dev, &count, infos) != NVML_SUCCESS)
+        return -1;
+    for (unsigned int i = 0; i < count && i < 256; i++)
+        if (infos[i].pid == (unsigned int)pid)
+            return 1;
+    return 0;
+}
+
 static CUresult device_uuid(CUdevice dev, unsigned char out[16])
 {
     CUuuid uuid;
@@ -137,6 +154,7 @@ CUresult vgpu_ready_slow(void)
         result = CUDA_ERROR_NOT_INITIALIZED;
         goto out;
     }
+    vgpu_rt.region.driver_holds = driver_holds;
     if (vgpu_region_claim_slot(&vgpu_rt.region, cfg->identity) != 0) {
         vgpu_region_close(&vgpu_rt.region);
         vgpu_fail("the shared region has no free process slot");
