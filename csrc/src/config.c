@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "trusted.h"
 
 static struct vgpu_config g_config;
 
@@ -134,6 +135,8 @@ static void per_device_percents(const char *name, uint32_t out[VGPU_MAX_DEVICES]
 void vgpu_config_load(void)
 {
     memset(&g_config, 0, sizeof g_config);
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++)
+        g_config.memory_ceiling[i] = VGPU_UNLIMITED;
 
     const char *level = env("LIBCUDA_LOG_LEVEL");
     if (level) {
@@ -204,4 +207,49 @@ void vgpu_config_load(void)
 
     const char *identity = env("LIBVGPU_IDENTITY");
     snprintf(g_config.identity, sizeof g_config.identity, "%s", identity ? identity : "");
+}
+
+static uint64_t min_size(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* A compute cap: 0 is none, so the tighter of two is the smaller nonzero one. */
+static uint32_t tighter_share(uint32_t a, uint32_t b) { return !a ? b : !b ? a : a < b ? a : b; }
+
+int vgpu_config_apply_trusted(const char *path)
+{
+    static int applied;
+    if (applied)
+        return g_config.broken ? -1 : 0;
+    applied = 1;
+    struct vgpu_trusted t;
+    char err[512];
+    int found = vgpu_trusted_read(path, &t, err, sizeof err);
+    if (found < 0) {
+        g_config.broken = 1;
+        snprintf(g_config.error, sizeof g_config.error, "%s", err);
+        return -1;
+    }
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
+        g_config.memory_ceiling[i] = found ? t.memory_limit[i] : VGPU_UNLIMITED;
+        g_config.sm_ceiling[i] = found ? t.sm_limit[i] : 0;
+    }
+    if (!found)
+        return 0;
+    /* The environment may only tighten what root set. */
+    g_config.trusted = 1;
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
+        g_config.memory_limit[i] = min_size(g_config.memory_limit[i], t.memory_limit[i]);
+        g_config.sm_limit[i] = tighter_share(g_config.sm_limit[i], t.sm_limit[i]);
+    }
+    if (t.policy >= 0 && !(t.policy != VGPU_POLICY_FORCE && g_config.policy == VGPU_POLICY_FORCE))
+        g_config.policy = t.policy; /* the environment may only ask for force */
+    /* The slice's region and turn files are root's choice (or the private
+     * defaults): pointing elsewhere would start a second, fresh slice. */
+    if (t.region_path[0])
+        snprintf(g_config.region_path, sizeof g_config.region_path, "%s", t.region_path);
+    else
+        snprintf(g_config.region_path, sizeof g_config.region_path, "%s/region", g_config.default_dir);
+    g_config.region_default = !t.region_path[0];
+    snprintf(g_config.arbiter_dir, sizeof g_config.arbiter_dir, "%s", t.arbiter_dir[0] ? t.arbiter_dir : g_config.default_dir);
+    g_config.arbiter_default = !t.arbiter_dir[0];
+    return 0;
 }

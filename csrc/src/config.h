@@ -18,7 +18,7 @@ enum vgpu_policy {
 
 struct vgpu_config {
     int broken;
-    char error[320];
+    char error[640];
     /* Indexed by the CUDA device ordinal this process sees. */
     uint64_t memory_limit[VGPU_MAX_DEVICES];         /* VGPU_UNLIMITED when unset */
     uint64_t process_memory_limit[VGPU_MAX_DEVICES]; /* 0 = none */
@@ -34,11 +34,21 @@ struct vgpu_config {
     char default_dir[64];  /* /tmp/libvgpu.<euid>: private, 0700 */
     int region_default;    /* region_path is in default_dir */
     int arbiter_default;   /* arbiter_dir is default_dir */
+    /* Root's slice (trusted.h), once applied: the environment only tightens it. */
+    int trusted;
+    uint64_t memory_ceiling[VGPU_MAX_DEVICES]; /* VGPU_UNLIMITED: none */
+    uint32_t sm_ceiling[VGPU_MAX_DEVICES];     /* 0: none */
     char identity[VGPU_IDENTITY_LEN];
 };
 
 /* Parses the environment into the process-wide configuration. */
 void vgpu_config_load(void);
+
+/* Applies root's slice file (trusted.h) if there is one: its limits become
+ * ceilings the environment may only tighten, and its region and turn
+ * directory stand. Runs once, at the first CUDA or NVML call (never at
+ * load). -1 if the file cannot be trusted: the configuration is broken. */
+int vgpu_config_apply_trusted(const char *path);
 const struct vgpu_config *vgpu_config(void);
 
 /* The languages of the limit variables, shared with hami_kernel/slice.py

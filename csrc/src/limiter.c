@@ -91,6 +91,9 @@ static uint32_t share_of(int entry)
     uint32_t slice = atomic_load(&r->devices[entry].sm_limit);
     uint32_t own = atomic_load(&r->procs[vgpu_rt.region.slot].sm_limit[entry]);
     uint32_t share = slice && own ? (slice < own ? slice : own) : (slice ? slice : own);
+    /* Root's cap (trusted.h) holds whatever the region says. */
+    uint32_t ceiling = vgpu_rt.sm_ceiling_of_entry[entry];
+    share = ceiling && (!share || share > ceiling) ? ceiling : share;
     return vgpu_config()->policy == VGPU_POLICY_DISABLE || share >= 100 ? 0 : share;
 }
 

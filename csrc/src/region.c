@@ -355,7 +355,7 @@ int vgpu_region_reclaim(struct vgpu_region_handle *h)
     return freed;
 }
 
-enum vgpu_charge_result vgpu_region_charge(struct vgpu_region_handle *h, int dev, uint64_t bytes)
+enum vgpu_charge_result vgpu_region_charge(struct vgpu_region_handle *h, int dev, uint64_t bytes, uint64_t ceiling)
 {
     struct vgpu_region *r = h->map;
     if (r->header.magic != VGPU_REGION_MAGIC)
@@ -369,6 +369,7 @@ enum vgpu_charge_result vgpu_region_charge(struct vgpu_region_handle *h, int dev
     }
     for (int attempt = 0; attempt < 2; attempt++) {
         uint64_t limit = atomic_load(&r->devices[dev].memory_limit);
+        limit = limit < ceiling ? limit : ceiling;
         if (limit == VGPU_UNLIMITED || vgpu_region_used(r, dev) <= limit) {
             /* A region truncated during the sum reads as zeros (map_guard.h):
              * the sum proves nothing then. */

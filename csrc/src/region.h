@@ -54,8 +54,9 @@ void vgpu_region_device_uuid(const struct vgpu_region *r, int entry, unsigned ch
 /* The entry of a UUID if registered, else -1. */
 int vgpu_region_find_device(const struct vgpu_region *r, const unsigned char uuid[16]);
 
-/* Reserves bytes on a device for this process, or refuses. */
-enum vgpu_charge_result vgpu_region_charge(struct vgpu_region_handle *h, int dev, uint64_t bytes);
+/* Reserves bytes on a device for this process, or refuses. The slice's
+ * limit is the region's, but never above ceiling (root's, trusted.h). */
+enum vgpu_charge_result vgpu_region_charge(struct vgpu_region_handle *h, int dev, uint64_t bytes, uint64_t ceiling);
 void vgpu_region_uncharge(struct vgpu_region_handle *h, int dev, uint64_t bytes);
 
 /* Bytes charged on a device by all slots (dead ones included until reclaimed). */

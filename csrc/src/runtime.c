@@ -12,6 +12,7 @@
 #include "monitor.h"
 #include "real_driver.h"
 #include "safe_file.h"
+#include "trusted.h"
 
 struct vgpu_runtime vgpu_rt = {.region = {.fd = -1, .slot = -1}};
 
@@ -79,6 +80,10 @@ static int map_devices(char *err, size_t errlen)
                  VGPU_MAX_DEVICES);
         return -1;
     }
+    for (int e = 0; e < VGPU_MAX_DEVICES; e++) {
+        vgpu_rt.ceiling_of_entry[e] = VGPU_UNLIMITED;
+        vgpu_rt.sm_ceiling_of_entry[e] = 0;
+    }
     for (int i = 0; i < count; i++) {
         CUdevice dev;
         if ((rc = vgpu_real.cuDeviceGet(&dev, i)) != CUDA_SUCCESS ||
@@ -92,6 +97,8 @@ static int map_devices(char *err, size_t errlen)
             return -1;
         }
         vgpu_rt.entry_of_ordinal[i] = entry;
+        vgpu_rt.ceiling_of_entry[entry] = cfg->memory_ceiling[i];
+        vgpu_rt.sm_ceiling_of_entry[entry] = cfg->sm_ceiling[i];
         uint64_t slice = atomic_load(&r->devices[entry].memory_limit);
         if (slice != cfg->memory_limit[i])
             VGPU_INFO("GPU %d: the slice's limit in the region (%llu bytes) stands over this "
@@ -134,6 +141,7 @@ CUresult vgpu_ready_slow(void)
     if (state == VGPU_STATE_BROKEN)
         goto out;
     const struct vgpu_config *cfg = vgpu_config();
+    vgpu_config_apply_trusted(VGPU_TRUSTED_SLICE_FILE);
     if (cfg->broken) {
         vgpu_fail(cfg->error);
         goto out;
@@ -198,7 +206,7 @@ CUresult vgpu_current_entry(int *entry)
 
 CUresult vgpu_charge(int entry, uint64_t bytes)
 {
-    switch (vgpu_region_charge(&vgpu_rt.region, entry, bytes)) {
+    switch (vgpu_region_charge(&vgpu_rt.region, entry, bytes, vgpu_rt.ceiling_of_entry[entry])) {
     case VGPU_CHARGED:
         return CUDA_SUCCESS;
     case VGPU_OVER_PROCESS:
@@ -225,7 +233,7 @@ void vgpu_slice_view(int entry, uint64_t *free_bytes, uint64_t *total_bytes)
 {
     struct vgpu_region *r = vgpu_rt.region.map;
     struct vgpu_proc *me = &r->procs[vgpu_rt.region.slot];
-    uint64_t limit = atomic_load(&r->devices[entry].memory_limit);
+    uint64_t limit = min_u64(atomic_load(&r->devices[entry].memory_limit), vgpu_rt.ceiling_of_entry[entry]);
     uint64_t cap = atomic_load(&me->memory_limit[entry]);
     if (limit == VGPU_UNLIMITED && cap == 0)
         return;

@@ -20,6 +20,9 @@ struct vgpu_runtime {
     struct vgpu_region_handle region;
     int device_count;
     int entry_of_ordinal[VGPU_MAX_DEVICES];
+    /* Root's limit per device entry (trusted.h): over whatever the region says. */
+    uint64_t ceiling_of_entry[VGPU_MAX_DEVICES];
+    uint32_t sm_ceiling_of_entry[VGPU_MAX_DEVICES]; /* 0: none */
     unsigned char uuid_of_ordinal[VGPU_MAX_DEVICES][16];
 };
 
