@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +11,17 @@
 #include "trusted.h"
 
 static struct vgpu_config g_config;
+static pthread_once_t g_loaded = PTHREAD_ONCE_INIT;
 
-const struct vgpu_config *vgpu_config(void) { return &g_config; }
+static void load(void);
+
+void vgpu_config_ensure(void) { pthread_once(&g_loaded, load); }
+
+const struct vgpu_config *vgpu_config(void)
+{
+    vgpu_config_ensure();
+    return &g_config;
+}
 
 /* At most 20 digits: every value below 2^64 fits, and a longer spelling
  * (leading zeros included) is refused the same way by hami_kernel/slice.py. */
@@ -132,7 +142,7 @@ static void per_device_percents(const char *name, uint32_t out[VGPU_MAX_DEVICES]
         out[i] = (uint32_t)wide[i];
 }
 
-void vgpu_config_load(void)
+static void load(void)
 {
     memset(&g_config, 0, sizeof g_config);
     for (int i = 0; i < VGPU_MAX_DEVICES; i++)

@@ -1,6 +1,6 @@
 /*
- * Everything libvgpu reads from the environment, parsed once when the library
- * is loaded: hot paths never call getenv. A malformed value marks the whole
+ * Everything libvgpu reads from the environment, parsed once, at the first
+ * CUDA or NVML call: hot paths never call getenv. A malformed value marks the whole
  * configuration broken; CUDA calls then fail (fail closed), never run unlimited.
  */
 #ifndef VGPU_CONFIG_H
@@ -41,15 +41,18 @@ struct vgpu_config {
     char identity[VGPU_IDENTITY_LEN];
 };
 
-/* Parses the environment into the process-wide configuration. */
-void vgpu_config_load(void);
 
 /* Applies root's slice file (trusted.h) if there is one: its limits become
  * ceilings the environment may only tighten, and its region and turn
  * directory stand. Runs once, at the first CUDA or NVML call (never at
  * load). -1 if the file cannot be trusted: the configuration is broken. */
 int vgpu_config_apply_trusted(const char *path);
+
+/* The process-wide configuration, parsed from the environment at the first
+ * call (the first CUDA or NVML call, or the first log line), never at load:
+ * a process that never touches CUDA runs none of libvgpu's code. */
 const struct vgpu_config *vgpu_config(void);
+void vgpu_config_ensure(void);
 
 /* The languages of the limit variables, shared with hami_kernel/slice.py
  * (one table of cases tests both: tests/data/env_language.json).

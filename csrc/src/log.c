@@ -6,6 +6,10 @@
 
 static int g_level = VGPU_LOG_ERROR;
 
+/* config.c, where it is linked in (not in some test programs): the level
+ * comes from the environment, which is read at the first need. */
+void vgpu_config_ensure(void) __attribute__((weak));
+
 void vgpu_log_set_level(int level) { g_level = level; }
 
 int vgpu_log_enabled(int level) { return level <= g_level; }
@@ -43,6 +47,8 @@ size_t vgpu_log_format(char *line, size_t size, int level, const char *fmt, ...)
 
 void vgpu_log(int level, const char *fmt, ...)
 {
+    if (vgpu_config_ensure)
+        vgpu_config_ensure();
     if (level > g_level || level <= VGPU_LOG_OFF)
         return;
     char line[600];

@@ -20,10 +20,6 @@ static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void vgpu_context_reset_after_fork(void); /* context.c */
 
-__attribute__((constructor)) static void vgpu_load(void)
-{
-    vgpu_config_load();
-}
 
 void vgpu_fail(const char *reason)
 {

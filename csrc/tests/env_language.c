@@ -32,7 +32,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: NAME=VALUE %s NAME\n", argv[0]);
         return 2;
     }
-    vgpu_config_load();
     const struct vgpu_config *c = vgpu_config();
     if (c->broken) {
         printf("error %s\n", c->error);
