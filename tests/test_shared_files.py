@@ -111,6 +111,18 @@ def test_turn_file_that_others_may_write_is_refused(runner: Runner) -> None:
     assert len(lines) == 1 and "turn file" in lines[0] and "writable by others" in lines[0], done.stderr
 
 
+def test_turn_file_that_is_a_fifo_fails_closed_without_hanging(runner: Runner) -> None:
+    turns = runner.tmp / "turns"
+    turns.mkdir(mode=0o700)
+    os.mkfifo(turns / "GPU-face0000-1020-3040-5060-708090a0b0c0.arbiter", 0o600)
+    env = {**SLICE_1G, "CUDA_DEVICE_SM_LIMIT": "30", "GPU_CORE_UTILIZATION_POLICY": "force",
+           "LIBVGPU_ARBITER_DIR": str(turns), "VGPU_TEST_LAUNCHES": "1"}
+    done = _run_as(runner, "hold", env, None, stdin="")  # _run_as has a timeout
+    assert done.returncode != 0
+    lines = _libvgpu_lines(done.stderr)
+    assert len(lines) == 1 and "turn file" in lines[0] and "is a FIFO" in lines[0], done.stderr
+
+
 # ---- truncation while in use ----------------------------------------------------
 
 
@@ -311,3 +323,25 @@ def test_another_user_cannot_plant_a_turn_file(runner: Runner, two_users: tuple[
     assert done.returncode != 0
     lines = _libvgpu_lines(done.stderr)
     assert len(lines) == 1 and "turn file" in lines[0] and f"belongs to uid {attacker}" in lines[0], done.stderr
+
+
+@needs_root
+def test_another_user_cannot_join_read_or_truncate_a_turn_file(runner: Runner,
+                                                               two_users: tuple[int, int, Path]) -> None:
+    victim, attacker, shared = two_users
+    turns = shared / "turns"
+    turns.mkdir()
+    turns.chmod(0o1777)  # a directory both may write, as a shared one would be
+    env = _shareable(runner, {**SLICE_1G, "CUDA_DEVICE_SM_LIMIT": "30", "GPU_CORE_UTILIZATION_POLICY": "force",
+                              "LIBVGPU_ARBITER_DIR": str(turns), "VGPU_TEST_LAUNCHES": "1",
+                              "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(shared / "victim.region")}, shared)
+    assert _run_as(runner, "hold", env, victim, stdin="").returncode == 0
+    (turn_file,) = turns.glob("GPU-*.arbiter")
+    assert turn_file.stat().st_uid == victim and stat.S_IMODE(turn_file.stat().st_mode) == 0o600
+    env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = str(shared / "attacker.region")
+    done = _run_as(runner, "hold", env, attacker, stdin="")
+    lines = _libvgpu_lines(done.stderr)
+    assert done.returncode != 0 and len(lines) == 1 and f"belongs to uid {victim}" in lines[0], done.stderr
+    assert _as_user(attacker, "cat", str(turn_file)).returncode != 0
+    assert _as_user(attacker, "truncate", "-s", "0", str(turn_file)).returncode != 0
+    assert turn_file.stat().st_size > 0
