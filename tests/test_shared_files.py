@@ -213,7 +213,8 @@ def test_reader_truncation_during_a_read_is_a_region_error(runner: Runner, tmp_p
 def two_users() -> Iterator[tuple[int, int, Path]]:
     """(victim uid, attacker uid, a sticky world-writable directory like /tmp),
     uids that no account uses, and their default directories removed after."""
-    base = 3_000_000 + (os.getpid() % 100_000) * 4
+    # Below 65534, so that they exist in containers that map only 65536 uids.
+    base = 61_000 + (os.getpid() % 1_000) * 2
     victim, attacker = base, base + 1
     shared = Path(tempfile.mkdtemp(prefix="hami-shared-"))
     shared.chmod(0o1777)
