@@ -32,8 +32,9 @@ class SubSliceError(ValueError):
 
 
 def region_path(env: Mapping[str, str]) -> str:
-    """The shared region libvgpu uses under this env (its default when unset)."""
-    return env.get(REGION_ENV) or f"/tmp/libvgpu.{os.getuid()}.region"
+    """The shared region libvgpu uses under this env (its default when unset:
+    in the user's private directory, /tmp/libvgpu.<euid>, mode 0700)."""
+    return env.get(REGION_ENV) or f"/tmp/libvgpu.{os.geteuid()}/region"
 
 
 def cpu_only(env: Mapping[str, str]) -> bool:
@@ -44,7 +45,7 @@ def cpu_only(env: Mapping[str, str]) -> bool:
 
 def server_limits(env: Mapping[str, str]) -> list[DeviceLimit]:
     """The server's slice per GPU, from HAMi's variables (uncapped when absent)."""
-    indices = [int(m.group(1)) for key, value in env.items() if value and (m := _PER_DEVICE_RE.fullmatch(key))]
+    indices = [int(m.group(1)) for key, value in env.items() if (m := _PER_DEVICE_RE.fullmatch(key))]
     return device_limits(env, max(indices, default=0) + 1)
 
 

@@ -8,11 +8,13 @@ header changes (and ``VGPU_REGION_VERSION`` is bumped), this file changes with
 it; a region of another version is refused rather than misread.
 
 Reading never takes a lock and never writes: a snapshot is one copy of the
-file's bytes, and liveness comes from the kernel's record of who holds each
+file's bytes (read, not mapped, so a truncated file cannot kill the
+reader), and liveness comes from the kernel's record of who holds each
 slot's lock, which a killed process cannot leave behind.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -32,10 +34,10 @@ __all__ = [
     "set_process_memory_limit",
 ]
 
-# ---- layout: mirrors csrc/include/vgpu_region.h (version 1) ----------------
+# ---- layout: mirrors csrc/include/vgpu_region.h (version 2) ----------------
 
 MAGIC = 0x55504776  # "vGPU"
-VERSION = 1
+VERSION = 2
 MAX_DEVICES = 16
 MAX_PROCS = 1024
 IDENTITY_LEN = 64
@@ -80,7 +82,9 @@ _F_OFD_GETLK: int = getattr(fcntl, "F_OFD_GETLK", 36)
 
 
 class RegionError(ValueError):
-    """The region file cannot be used: missing, unreadable, or not ours."""
+    """The region file cannot be used: missing, unreadable, not ours, or not
+    this user's own (a file anyone else could write is refused, as libvgpu
+    refuses it)."""
 
 
 @dataclass(frozen=True)
@@ -157,18 +161,53 @@ def _checksum(data: bytes) -> int:
     return h
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _check_file(path: str, st: os.stat_result) -> None:
+    """The checks libvgpu makes (csrc/src/safe_file.c): a regular file of this user's or root's, that
+    nobody else may write."""
+    if not stat.S_ISREG(st.st_mode):
+        raise RegionError(f"the shared region {path} is {_kind(st.st_mode)}: refusing it")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise RegionError(f"the shared region {path} belongs to uid {st.st_uid}, not to this user "
+                          f"(uid {os.geteuid()}) or root: refusing it")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "others" if st.st_mode & stat.S_IWOTH else "its group"
+        raise RegionError(f"the shared region {path} is writable by {who} "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}): refusing it")
+
+
 def _open(path: str, flags: int) -> int:
-    """Opens the region file, turning every failure into a RegionError."""
+    """Opens the region file, turning every failure into a RegionError.
+
+    A FIFO or a device is never opened (lstat first), a link is never
+    followed, and the open never blocks.
+    """
     try:
-        fd = os.open(path, flags | os.O_CLOEXEC)
+        before = os.lstat(path)
     except FileNotFoundError:
         raise RegionError(f"the shared region {path} does not exist") from None
     except OSError as e:
         raise RegionError(f"cannot open the shared region {path}: {e.strerror}") from None
+    _check_file(path, before)
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise RegionError(f"the shared region {path} does not exist") from None
+    except OSError as e:
+        reason = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+        raise RegionError(f"cannot open the shared region {path}: {reason}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise RegionError(f"the shared region {path} is not a regular file")
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise RegionError(f"the shared region {path} was replaced while it was opened: refusing it")
+        _check_file(path, st)
         head = os.pread(fd, HEADER_SIZE, 0)
         _check_header(path, head, st.st_size)
     except OSError as e:
@@ -206,11 +245,33 @@ def _check_header(path: str, head: bytes, size: int) -> None:
 
 
 def _map(path: str, fd: int, writable: bool) -> mmap.mmap:
+    """Maps the region for a writer.
+
+    Only the file's owner (this user, or root) can shrink it now, and only a
+    writer maps it: a file truncated between the size check and the map is
+    a RegionError; one truncated during a writer's few stores still ends the
+    process with SIGBUS, as it would any program that maps files.
+    """
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     try:
         return mmap.mmap(fd, REGION_SIZE, mmap.MAP_SHARED, prot)
+    except (OSError, ValueError) as e:  # ValueError: the file is shorter than the region now
+        raise RegionError(f"cannot map the shared region {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _read_all(path: str, fd: int) -> bytes:
+    """The whole region in one copy, read rather than mapped: a file truncated
+    meanwhile gives a short read (a RegionError), never a SIGBUS."""
+    try:
+        data = os.pread(fd, REGION_SIZE, 0)
     except OSError as e:
-        raise RegionError(f"cannot map the shared region {path}: {e.strerror}") from None
+        raise RegionError(f"cannot read the shared region {path}: {e.strerror}") from None
+    if len(data) != REGION_SIZE:
+        raise RegionError(f"the shared region {path} was truncated while it was read "
+                          f"({len(data)} of {REGION_SIZE} bytes)")
+    if _HEADER.unpack_from(data, 0)[0] != MAGIC:
+        raise RegionError(f"the shared region {path} was overwritten while it was read")
+    return data
 
 
 # ---- liveness and decoding --------------------------------------------------
@@ -275,8 +336,7 @@ def read_region(path: str | os.PathLike[str]) -> RegionSnapshot:
     path = os.fspath(path)
     fd = _open(path, os.O_RDONLY)
     try:
-        with _map(path, fd, writable=False) as mm:
-            data = bytes(mm)  # one copy: every figure below comes from the same moment
+        data = _read_all(path, fd)  # one copy: every figure below comes from the same moment
         live = list(_live_slots(fd, data))
     finally:
         os.close(fd)

@@ -31,15 +31,25 @@ for _letter, _size in (("k", KIB), ("m", MIB), ("g", GIB), ("t", TIB)):
 # Decimal-SI spellings: users mean 10**9 as often as 2**30, so refuse to guess.
 _AMBIGUOUS_UNITS = {"kb", "mb", "gb", "tb"}
 
-_MEMORY_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)")
+# At most 30 digits either side of the point: anything longer is refused with
+# the usual help, and every size that fits libvgpu's 64 bits is far shorter.
+_MEMORY_RE = re.compile(r"([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*([A-Za-z]*)")
 _SHARE_RE = re.compile(r"([0-9]+)\s*%?")
-_ENV_MEMORY_RE = re.compile(r"([0-9]+)([kKmMgGtT]?)")  # what HAMi-core accepts
+# The env languages, exactly as libvgpu's config.c parses them (one table of
+# cases, tests/data/env_language.json, is run against both): sizes are 1 to 20
+# ASCII digits with an optional k/m/g/t; percents are 1 to 3 ASCII digits.
+_ENV_MEMORY_RE = re.compile(r"([0-9]{1,20})([kKmMgGtT]?)")
+_ENV_PERCENT_RE = re.compile(r"[0-9]{1,3}")
 _UINT_RE = re.compile(r"[0-9]+")
 _PER_DEVICE_RE = re.compile(r"CUDA_DEVICE_(?:MEMORY|SM)_LIMIT_([0-9]+)")
 
 _MEMORY_HELP = ("expected a positive size such as 1073741824 (bytes), '8GiB', "
                 "'8Gi', '512MiB', '1.5GiB' or '8g' (k/m/g/t are 1024-based)")
 _SHARE_HELP = "expected a whole percentage from 1 to 100, such as 30 or '30%'"
+
+# The largest size anything accepts: libvgpu counts bytes in 64 bits, and
+# 2**64 - 1 is its "unlimited".
+MAX_BYTES = (1 << 64) - 2
 
 MEMORY_ENV = "CUDA_DEVICE_MEMORY_LIMIT"
 CORES_ENV = "CUDA_DEVICE_SM_LIMIT"
@@ -55,6 +65,8 @@ def parse_memory(value: int | str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         if value <= 0:
             raise ValueError(f"memory size {value!r} must be positive; {_MEMORY_HELP}")
+        if value > MAX_BYTES:
+            raise ValueError(f"memory size {value!r} is too large: at most {MAX_BYTES} bytes (16 EiB)")
         return value
     if not isinstance(value, str):
         raise ValueError(f"invalid memory size {value!r}: {_MEMORY_HELP}")
@@ -76,6 +88,8 @@ def parse_memory(value: int | str) -> int:
         raise ValueError(f"memory size {value!r} is not a whole number of bytes")
     if nbytes <= 0:
         raise ValueError(f"memory size {value!r} must be positive; {_MEMORY_HELP}")
+    if nbytes > MAX_BYTES:
+        raise ValueError(f"memory size {value!r} is too large: at most {MAX_BYTES} bytes (16 EiB)")
     return int(nbytes)
 
 
@@ -112,8 +126,9 @@ def format_memory_env(nbytes: int) -> str:
 def parse_env_memory(value: str, variable: str = MEMORY_ENV) -> int:
     """Parse a memory limit in the strict env syntax the C library reads.
 
-    Only ``digits[k|m|g|t]`` is allowed (case-insensitive, 1024-based) so that
-    Python never accepts a value the interception library would misread.
+    Only ``digits[k|m|g|t]`` is allowed (1 to 20 digits, case-insensitive
+    unit, 1024-based, at most ``MAX_BYTES``) so that Python never accepts a
+    value the interception library would refuse, or the other way round.
     """
     match = _ENV_MEMORY_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
@@ -123,6 +138,8 @@ def parse_env_memory(value: str, variable: str = MEMORY_ENV) -> int:
     if nbytes == 0:
         raise ValueError(f"{variable}={value!r}: a zero memory limit is invalid; "
                          f"leave the variable unset for no limit")
+    if nbytes > MAX_BYTES:
+        raise ValueError(f"{variable}={value!r} is too large: at most {MAX_BYTES} bytes")
     return nbytes
 
 
@@ -140,10 +157,11 @@ def parse_share(value: int | str) -> int:
 
 
 def parse_env_cores(value: str, variable: str) -> int | None:
-    """SM limit env: 0..100, where HAMi-core treats both 0 and 100 as no cap."""
-    if not _UINT_RE.fullmatch(value) or int(value) > 100:
+    """SM limit env: 0..100 in 1 to 3 ASCII digits (no sign, space or "%"),
+    where HAMi-core treats both 0 and 100 as no cap."""
+    if not isinstance(value, str) or not _ENV_PERCENT_RE.fullmatch(value) or int(value) > 100:
         raise ValueError(f"{variable}={value!r} is malformed: expected an integer "
-                         f"from 0 to 100 (0 and 100 mean no compute cap)")
+                         f"from 0 to 100, digits only (0 and 100 mean no compute cap)")
     return None if int(value) in (0, 100) else int(value)
 
 
@@ -158,18 +176,19 @@ class DeviceLimit:
 def device_limits(env: Mapping[str, str], count: int) -> list[DeviceLimit]:
     """Effective limits of devices ``0..count-1``: per-device var, else global, else None.
 
-    An empty string counts as unset, as it does for the C library's getenv checks.
+    A variable that is set but empty is malformed (ValueError), as libvgpu
+    refuses it: a template that lost its value must not mean "no limit".
     """
     if not _is_int(count) or count < 0:
         raise ValueError(f"device count {count!r} must be a non-negative integer")
     limits = []
     for i in range(count):
-        mem_var = f"{MEMORY_ENV}_{i}" if env.get(f"{MEMORY_ENV}_{i}") else MEMORY_ENV
-        sm_var = f"{CORES_ENV}_{i}" if env.get(f"{CORES_ENV}_{i}") else CORES_ENV
+        mem_var = f"{MEMORY_ENV}_{i}" if f"{MEMORY_ENV}_{i}" in env else MEMORY_ENV
+        sm_var = f"{CORES_ENV}_{i}" if f"{CORES_ENV}_{i}" in env else CORES_ENV
         mem, sm = env.get(mem_var), env.get(sm_var)
         limits.append(DeviceLimit(
-            memory=parse_env_memory(mem, mem_var) if mem else None,
-            cores=parse_env_cores(sm, sm_var) if sm else None))
+            memory=None if mem is None else parse_env_memory(mem, mem_var),
+            cores=None if sm is None else parse_env_cores(sm, sm_var)))
     return limits
 
 
@@ -251,8 +270,7 @@ class Slice:
         Per-device variables at or beyond ``count`` are ignored.
         """
         if count is None:
-            indices = [int(m.group(1)) for key, value in env.items()
-                       if value and (m := _PER_DEVICE_RE.fullmatch(key))]
+            indices = [int(m.group(1)) for key in env if (m := _PER_DEVICE_RE.fullmatch(key))]
             count = max(indices, default=0) + 1
         limits = set(device_limits(env, count)) or {DeviceLimit(None, None)}
         if len(limits) > 1:

@@ -119,17 +119,17 @@ def configured_limits(env: Mapping[str, str]) -> ConfiguredLimits:
     for field_name, family, parse, *_ in _FAMILIES:
         found = []
         # NAME and NAME_0..NAME_15 (one per device entry of the region), as
-        # libvgpu's config reads them; empty counts as unset.
+        # libvgpu's config reads them; set but empty is malformed, as there.
         for variable, ordinal in [(family, None)] + [(f"{family}_{i}", i) for i in range(MAX_DEVICES)]:
             raw = env.get(variable)
-            if not raw:
+            if raw is None:
                 continue
             try:
                 found.append(EnvSetting(variable, ordinal, parse(raw, variable)))
             except ValueError as exc:
                 malformed.append((family, f"{exc}; {_BROKEN}"))
         fields[field_name] = tuple(found)
-    policy = (env.get(POLICY_ENV) or "default").lower()
+    policy = env.get(POLICY_ENV, "default").lower()
     if policy not in POLICIES:
         malformed.append((POLICY_ENV, f"{POLICY_ENV}={env.get(POLICY_ENV)!r} is malformed: expected default, "
                                       f"force or disable; {_BROKEN}"))

@@ -257,6 +257,8 @@ def test_remove(jdirs, capsys):
     ["--name", "n", "--memory", "0"],
     ["--name", "n", "--memory", "-1"],
     ["--name", "n", "--memory=-4GiB"],  # argparse reads a bare "-4GiB" as an option
+    ["--name", "n", "--memory", "9" * 30 + "TiB"],  # too large: one line, not a traceback
+    ["--name", "n", "--memory", "1" * 5000],
     ["--name", "n", "--cores", "-5"],
     ["--name", "n", "--cores", "0"],
     ["--name", "n", "--cores", "101"],
@@ -279,6 +281,7 @@ def test_bad_input_is_one_line_and_exit_2(jdirs, capsys, args):
 
 def test_error_messages(jdirs, capsys):
     assert "4GiB" in one_error_line(run(capsys, "install", "--name", "n", "--memory", "4GB")[2])
+    assert "too large" in one_error_line(run(capsys, "install", "--name", "n", "--memory", "9" * 30 + "TiB")[2])
     assert "--memory, --cores" in one_error_line(run(capsys, "install", "--name", "n")[2])
     err = run(capsys, "install", "--name", "n", "--cores", "1", "--from", "nope")[2]
     assert one_error_line(err) == ("hami-kernel: error: no kernelspec named nope; "

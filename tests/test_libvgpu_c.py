@@ -135,6 +135,11 @@ BROKEN_ENV = [
     ("CUDA_DEVICE_MEMORY_LIMIT_0", "lots"),
     ("LIBVGPU_PROCESS_MEMORY_LIMIT", "4 GiB"),
     ("CUDA_DEVICE_SM_LIMIT", "150"),
+    # set but empty, signs and spaces: refused, never "no limit" (tests/data/env_language.json has the rest)
+    ("CUDA_DEVICE_MEMORY_LIMIT", ""),
+    ("CUDA_DEVICE_SM_LIMIT", " 50"),
+    ("CUDA_DEVICE_SM_LIMIT", "+50"),
+    ("CUDA_DEVICE_SM_LIMIT", "-0"),
     ("GPU_CORE_UTILIZATION_POLICY", "fastest"),
 ]
 
@@ -149,7 +154,7 @@ def test_malformed_configuration_fails_closed(runner: Runner, name: str, value: 
     assert f"{name}='{value}'" in lines[0] and "CUDA calls will fail" in lines[0]
 
 
-def _header(magic: int = 0x55504776, version: int = 1) -> bytes:
+def _header(magic: int = 0x55504776, version: int = 2) -> bytes:
     return struct.pack("<IIIIII", magic, version, 4096 + 1024 * 1024, 16, 1024, 1024)
 
 

@@ -125,6 +125,7 @@ def test_form_post_of_a_forged_choice_shows_the_reason(hub: Hub) -> None:
     ({"profile": "research"}, "unknown GPU profile 'research'"),  # rita's group only
     ({"profile": "custom", "memory": "64GiB", "cores": "25"}, "outside the allowed range 2 GiB to 40 GiB"),
     ({"profile": "custom", "memory": "8GiB", "cores": "33"}, "must be 1% plus a multiple of 5%"),
+    ({"profile": "custom", "memory": "9" * 30 + "TiB", "cores": "25"}, "is too large"),
     ({"profile": "quarter", "memory": "80GiB"}, "has a fixed size; unexpected field(s) ['memory']"),
     ({"profile": "cpu", "cores": "100"}, "unexpected field(s) ['cores']"),
     ({"profile": 5}, "must be one string"),

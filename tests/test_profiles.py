@@ -145,6 +145,11 @@ def test_resolve_valid_choices():
     ({"profile": "custom", "memory": "5GiB", "cores": "20"}, {"power"}, "multiple"),
     ({"profile": "custom", "memory": "4GiB", "cores": "22"}, {"power"}, "multiple"),
     ({"profile": "custom", "memory": "4GiB"}, {"power"}, "exactly"),
+    # sizes too large for any GPU (or for libvgpu's 64-bit counts): a 400, not a 500
+    ({"profile": "custom", "memory": "9" * 30 + "TiB", "cores": "20"}, {"power"}, "too large"),
+    ({"profile": "custom", "memory": str(1 << 64), "cores": "20"}, {"power"}, "too large"),
+    ({"profile": "custom", "memory": "9" * 31 + "GiB", "cores": "20"}, {"power"}, "invalid memory size"),
+    ({"profile": "custom", "memory": "1" * 5000, "cores": "20"}, {"power"}, "invalid memory size"),
     ({"profile": "custom", "memory": "4GiB", "cores": "20", "gpu_types": "H100"},
      {"power"}, "unexpected.*gpu_types"),
 ])

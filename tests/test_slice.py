@@ -274,14 +274,16 @@ def test_env_round_trip(s: Slice) -> None:
     assert Slice.from_env(s.to_env(), count=s.count) == s
 
 
-@pytest.mark.parametrize("sm, expected", [("0", None), ("100", None), ("1", 1), ("", None)])
+@pytest.mark.parametrize("sm, expected", [("0", None), ("100", None), ("1", 1)])
 def test_from_env_sm_limit_zero_and_hundred_mean_no_cap(sm: str, expected: int | None) -> None:
     assert Slice.from_env({"CUDA_DEVICE_SM_LIMIT": sm}).cores == expected
 
 
-def test_from_env_empty_string_is_unset() -> None:
-    env = {"CUDA_DEVICE_MEMORY_LIMIT": "", "CUDA_DEVICE_SM_LIMIT": ""}
-    assert Slice.from_env(env) == Slice(memory=None, cores=None)
+@pytest.mark.parametrize("variable", ["CUDA_DEVICE_MEMORY_LIMIT", "CUDA_DEVICE_SM_LIMIT"])
+def test_from_env_empty_string_is_malformed_not_unlimited(variable: str) -> None:
+    # As in libvgpu: a variable set to nothing is a mistake, never "no limit".
+    with pytest.raises(ValueError, match=f"{variable}='' is malformed"):
+        Slice.from_env({variable: ""})
 
 
 def test_from_env_ignores_unrelated_variables() -> None:
@@ -295,9 +297,10 @@ def test_from_env_infers_count_from_per_device_variables() -> None:
     assert Slice.from_env(env) == Slice(memory=4 * GIB, cores=20, count=2)
 
 
-def test_from_env_empty_per_device_variable_does_not_add_a_device() -> None:
+def test_from_env_empty_per_device_variable_is_malformed() -> None:
     env = {"CUDA_DEVICE_MEMORY_LIMIT_0": "1g", "CUDA_DEVICE_MEMORY_LIMIT_5": ""}
-    assert Slice.from_env(env) == Slice(memory=GIB, cores=None, count=1)
+    with pytest.raises(ValueError, match="CUDA_DEVICE_MEMORY_LIMIT_5='' is malformed"):
+        Slice.from_env(env)
 
 
 def test_from_env_per_device_agreeing_with_global() -> None:
@@ -342,7 +345,6 @@ def test_device_limits_per_device_overrides_global() -> None:
         "CUDA_DEVICE_MEMORY_LIMIT_1": "2g",
         "CUDA_DEVICE_SM_LIMIT": "50",
         "CUDA_DEVICE_SM_LIMIT_2": "0",  # explicit "no cap" beats the global 50
-        "CUDA_DEVICE_MEMORY_LIMIT_3": "",  # empty = unset, falls back to global
     }
     assert device_limits(env, 4) == [
         DeviceLimit(memory=4 * GIB, cores=50),

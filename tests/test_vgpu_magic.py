@@ -302,7 +302,7 @@ def test_check_under_libvgpu(runner: Runner, env: dict[str, str]) -> None:
     assert "ok: slice VRAM: 1 GiB per GPU" in before and "ok: this kernel's compute cap: 20% per GPU" in before
     assert f"ok: identity in the slice: {ME}" in before
     assert f"ok: no region yet at {runner.region}: libvgpu creates it at the first CUDA call" in before
-    assert f"ok: region {runner.region} readable (layout version 1, 1 GPU(s), 1 live process(es))" in after
+    assert f"ok: region {runner.region} readable (layout version 2, 1 GPU(s), 1 live process(es))" in after
     assert "ok: this kernel is accounted in the region (slot 0)" in after
     assert report["verdict"].startswith("verdict: libvgpu is active")
 

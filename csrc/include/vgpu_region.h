@@ -30,6 +30,15 @@
  *    process's slot still counts until someone reclaims it: any process that
  *    would otherwise be refused memory, or asks how much is free, does so
  *    first. Readers that show usage count live slots only.
+ *  - Reclaim only what the GPU has really freed: the slot lock drops when a
+ *    process dies, before the driver has torn down its context and freed
+ *    its memory. A dead slot that still has usage is zeroed (or taken over)
+ *    only once the driver no longer lists driver_pid among the processes
+ *    on any GPU the slot used (NVML's per-process view). A slot whose
+ *    driver_pid is 0 (the driver lists this process under another pid, as
+ *    in a PID namespace, or NVML is missing), or whose check fails, is
+ *    reclaimed once VGPU_RECLAIM_GRACE_MS have passed since the reclaiming
+ *    process first found it dead.
  *  - Admission: add the request to your own used[dev], then sum all slots;
  *    if the sum exceeds the limit, take it back and fail. With sequentially
  *    consistent atomics, of any two concurrent requests at least one sees
@@ -57,10 +66,11 @@
 #endif
 
 #define VGPU_REGION_MAGIC 0x55504776u /* "vGPU" */
-#define VGPU_REGION_VERSION 1u
+#define VGPU_REGION_VERSION 2u /* 2: driver_pid, and reclaim waits for the driver */
 #define VGPU_MAX_DEVICES 16
 #define VGPU_MAX_PROCS 1024
 #define VGPU_IDENTITY_LEN 64
+#define VGPU_RECLAIM_GRACE_MS 500
 
 #define VGPU_HEADER_OFFSET 0
 #define VGPU_DEVICES_OFFSET 256
@@ -99,7 +109,7 @@ struct vgpu_device {
 
 struct vgpu_proc {
     VGPU_ATOMIC(int32_t) pid;           /* informational: liveness is the slot lock */
-    uint32_t reserved0;
+    VGPU_ATOMIC(int32_t) driver_pid;    /* the pid NVML lists this process under; 0 = not known */
     uint64_t claimed_ns;                /* CLOCK_REALTIME when the slot was claimed */
     char identity[VGPU_IDENTITY_LEN];   /* LIBVGPU_IDENTITY (e.g. a kernel id), NUL-terminated */
     VGPU_ATOMIC(uint64_t) used[VGPU_MAX_DEVICES];         /* bytes charged on each device */

@@ -1,6 +1,8 @@
 #include "arbiter.h"
 
 #include "checksum.h"
+#include "map_guard.h"
+#include "safe_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,54 +37,63 @@ int vgpu_arbiter_valid(const struct vgpu_arbiter *a)
            atomic_load_explicit(&a->tenant_high, memory_order_relaxed) <= VGPU_ARBITER_TENANTS;
 }
 
-int vgpu_arbiter_open(const char *dir, const unsigned char uuid[16], struct vgpu_arbiter **out, int *fd_out,
-                      char *err, size_t errlen)
+int vgpu_arbiter_open(const char *dir, int private_dir, const unsigned char uuid[16], void (*lost)(void),
+                      struct vgpu_arbiter **out, int *fd_out, char *err, size_t errlen)
 {
-    /* Shared by every user's slices on this GPU, hence world-writable (with
-     * the sticky bit on the directory, as /tmp has). */
-    if (mkdir(dir, 01777) == 0)
-        chmod(dir, 01777);
+    /* Turn files are taken only from this user or root (safe_file.h): a
+     * world-writable directory let one user crash another's processes. Until
+     * a trusted arbiter grants turns across users, the default directory is
+     * this user's own. */
+    if (private_dir) {
+        if (vgpu_private_dir(dir, err, errlen) != 0)
+            return -1;
+    } else if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create the directory %s for the GPU's turn files: %s", dir, strerror(errno));
+        return -1;
+    }
     char path[4200], tmp[4300];
     int n = snprintf(path, sizeof path, "%s/GPU-", dir);
     for (int i = 0; i < 16; i++)
         n += snprintf(path + n, sizeof path - (size_t)n, "%s%02x", (i == 4 || i == 6 || i == 8 || i == 10) ? "-" : "",
                       uuid[i]);
     snprintf(path + n, sizeof path - (size_t)n, ".arbiter");
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    int fd = vgpu_open_shared_file(path, O_RDWR, "the GPU's turn file", err, errlen);
     if (fd < 0 && errno == ENOENT) {
         /* Built whole in a private file, then linked into place: nobody can
          * see a half-made arbiter. */
         snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
-        int t = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        int t = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (t >= 0) {
             struct vgpu_arbiter fresh;
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             vgpu_arbiter_format(&fresh, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
-            int ok = fchmod(t, 0666) == 0 && pwrite(t, &fresh, sizeof fresh, 0) == (ssize_t)sizeof fresh;
+            int ok = pwrite(t, &fresh, sizeof fresh, 0) == (ssize_t)sizeof fresh;
             close(t);
             if (ok && link(tmp, path) != 0 && errno != EEXIST)
                 ok = 0;
             unlink(tmp);
             (void)ok;
         }
-        fd = open(path, O_RDWR | O_CLOEXEC);
+        fd = vgpu_open_shared_file(path, O_RDWR, "the GPU's turn file", err, errlen);
     }
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot open the GPU arbiter %s: %s", path, strerror(errno));
+    if (fd < 0)
         return -1;
-    }
     struct stat st;
     if (fstat(fd, &st) != 0 || st.st_size != VGPU_ARBITER_SIZE) {
-        snprintf(err, errlen, "the GPU arbiter %s has the wrong size: corrupted or another version", path);
+        snprintf(err, errlen, "the GPU's turn file %s has the wrong size: corrupted or another version", path);
         close(fd);
         return -1;
     }
     void *map = mmap(NULL, VGPU_ARBITER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map != MAP_FAILED)
+        vgpu_map_guard_add(map, VGPU_ARBITER_SIZE, "the GPU's turn file", path, lost);
     if (map == MAP_FAILED || !vgpu_arbiter_valid(map)) {
-        snprintf(err, errlen, "the GPU arbiter %s is corrupted or of another version", path);
-        if (map != MAP_FAILED)
+        snprintf(err, errlen, "the GPU's turn file %s is corrupted or of another version", path);
+        if (map != MAP_FAILED) {
+            vgpu_map_guard_remove(map);
             munmap(map, VGPU_ARBITER_SIZE);
+        }
         close(fd);
         return -1;
     }

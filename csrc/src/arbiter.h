@@ -17,9 +17,12 @@
 void vgpu_arbiter_format(struct vgpu_arbiter *a, uint64_t created_ns);
 int vgpu_arbiter_valid(const struct vgpu_arbiter *a);
 
-/* Maps (creating if needed) the arbiter of a GPU under dir. -1 with a reason in err. */
-int vgpu_arbiter_open(const char *dir, const unsigned char uuid[16], struct vgpu_arbiter **out, int *fd,
-                      char *err, size_t errlen);
+/* Maps (creating if needed) the arbiter of a GPU under dir, which is made a
+ * private directory (safe_file.h) when private_dir is set. The file must be
+ * this user's or root's; the mapping is guarded against truncation
+ * (map_guard.h), `lost` running if it happens. -1 with a reason in err. */
+int vgpu_arbiter_open(const char *dir, int private_dir, const unsigned char uuid[16], void (*lost)(void),
+                      struct vgpu_arbiter **out, int *fd, char *err, size_t errlen);
 
 /* Claims a tenant slot: through its OFD lock when fd >= 0, by compare-and-swap
  * on `share` otherwise (tests). Returns the tenant index or -1 when full. */

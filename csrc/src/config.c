@@ -1,16 +1,31 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "trusted.h"
 
 static struct vgpu_config g_config;
+static pthread_once_t g_loaded = PTHREAD_ONCE_INIT;
 
-const struct vgpu_config *vgpu_config(void) { return &g_config; }
+static void load(void);
+
+void vgpu_config_ensure(void) { pthread_once(&g_loaded, load); }
+
+const struct vgpu_config *vgpu_config(void)
+{
+    vgpu_config_ensure();
+    return &g_config;
+}
+
+/* At most 20 digits: every value below 2^64 fits, and a longer spelling
+ * (leading zeros included) is refused the same way by hami_kernel/slice.py. */
+#define SIZE_DIGITS 20
 
 int vgpu_parse_size(const char *text, uint64_t *bytes)
 {
@@ -19,7 +34,7 @@ int vgpu_parse_size(const char *text, uint64_t *bytes)
     if (*p < '0' || *p > '9')
         return -1;
     for (; *p >= '0' && *p <= '9'; p++) {
-        if (value > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+        if (p - text >= SIZE_DIGITS || value > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
             return -1;
         value = value * 10 + (uint64_t)(*p - '0');
     }
@@ -34,7 +49,26 @@ int vgpu_parse_size(const char *text, uint64_t *bytes)
     }
     if (*p != '\0' || value == 0 || value > (UINT64_MAX >> shift))
         return -1;
-    *bytes = value << shift;
+    value <<= shift;
+    if (value == VGPU_UNLIMITED) /* the region's "no limit": not a size */
+        return -1;
+    *bytes = value;
+    return 0;
+}
+
+int vgpu_parse_percent(const char *text, uint32_t *percent)
+{
+    /* One to three ASCII digits, nothing else: no sign, no space, no "%". */
+    uint32_t value = 0;
+    const char *p = text;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (p - text >= 3)
+            return -1;
+        value = value * 10 + (uint32_t)(*p - '0');
+    }
+    if (p == text || *p != '\0' || value > 100)
+        return -1;
+    *percent = value;
     return 0;
 }
 
@@ -50,32 +84,40 @@ static void fail(const char *name, const char *value, const char *expected)
 static const char *env(const char *name)
 {
     const char *v = getenv(name);
-    return (v && *v) ? v : NULL; /* an empty variable counts as unset */
+    return (v && *v) ? v : NULL; /* an empty setting counts as unset */
 }
+
+/* A limit's variable: set but empty is a mistake (a template that lost its
+ * value), never "no limit". NULL when unset. */
+static const char *limit_env(const char *name, const char *expected)
+{
+    const char *v = getenv(name);
+    if (v && !*v)
+        fail(name, v, expected);
+    return (v && *v) ? v : NULL;
+}
+
+#define SIZE_EXPECTED "expected a positive size such as 4g, 4096m or a byte count; unset it for no limit"
+#define PERCENT_EXPECTED "expected a whole percent from 0 to 100, digits only"
 
 static void size_var(const char *name, uint64_t *out)
 {
-    const char *v = env(name);
-    if (!v)
-        return;
-    if (vgpu_parse_size(v, out) != 0)
-        fail(name, v, "expected a positive size such as 4g, 4096m or a byte count; "
-                      "unset it for no limit");
+    const char *v = limit_env(name, SIZE_EXPECTED);
+    if (v && vgpu_parse_size(v, out) != 0)
+        fail(name, v, SIZE_EXPECTED);
 }
 
 static void percent_var(const char *name, uint64_t *out)
 {
-    const char *v = env(name);
+    const char *v = limit_env(name, PERCENT_EXPECTED);
+    uint32_t n;
     if (!v)
         return;
-    char *end;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || *end || end == v || n < 0 || n > 100) {
-        fail(name, v, "expected a whole percent from 0 to 100");
+    if (vgpu_parse_percent(v, &n) != 0) {
+        fail(name, v, PERCENT_EXPECTED);
         return;
     }
-    *out = (n == 100) ? 0 : (uint64_t)n; /* 0 and 100 both mean no cap */
+    *out = (n == 100) ? 0 : n; /* 0 and 100 both mean no cap */
 }
 
 /* Reads NAME and NAME_0 .. NAME_15 with `read`: the bare name sets every
@@ -100,9 +142,11 @@ static void per_device_percents(const char *name, uint32_t out[VGPU_MAX_DEVICES]
         out[i] = (uint32_t)wide[i];
 }
 
-void vgpu_config_load(void)
+static void load(void)
 {
     memset(&g_config, 0, sizeof g_config);
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++)
+        g_config.memory_ceiling[i] = VGPU_UNLIMITED;
 
     const char *level = env("LIBCUDA_LOG_LEVEL");
     if (level) {
@@ -117,7 +161,7 @@ void vgpu_config_load(void)
     per_device_percents("LIBVGPU_PROCESS_SM_LIMIT", g_config.process_sm_limit);
     size_var("LIBVGPU_CONTEXT_SIZE", &g_config.context_size);
 
-    const char *policy = env("GPU_CORE_UTILIZATION_POLICY");
+    const char *policy = limit_env("GPU_CORE_UTILIZATION_POLICY", "expected default, force or disable");
     if (!policy || strcasecmp(policy, "default") == 0)
         g_config.policy = VGPU_POLICY_DEFAULT;
     else if (strcasecmp(policy, "force") == 0)
@@ -133,7 +177,7 @@ void vgpu_config_load(void)
         char *end;
         errno = 0;
         long ms = strtol(period, &end, 10);
-        if (errno || *end || ms < 5 || ms > 1000)
+        if (errno || *end || ms < 5 || ms > 1000 || period[0] < '0' || period[0] > '9')
             fail("LIBVGPU_SHARE_PERIOD_MS", period, "expected whole milliseconds from 5 to 1000");
         else
             g_config.share_period_ns = (uint64_t)ms * 1000000u;
@@ -153,20 +197,69 @@ void vgpu_config_load(void)
     else if (charge)
         g_config.gpu_timed_turns = strcmp(charge, "gpu") == 0;
 
+    /* Without settings, the region and the turn files live in a directory
+     * of this user's own that nobody else can plant files in (safe_file.h). */
+    snprintf(g_config.default_dir, sizeof g_config.default_dir, "/tmp/libvgpu.%u", (unsigned)geteuid());
     const char *path = env("CUDA_DEVICE_MEMORY_SHARED_CACHE");
     if (path && strlen(path) >= sizeof g_config.region_path)
         fail("CUDA_DEVICE_MEMORY_SHARED_CACHE", path, "path too long");
     else if (path)
         snprintf(g_config.region_path, sizeof g_config.region_path, "%s", path);
     else
-        snprintf(g_config.region_path, sizeof g_config.region_path, "/tmp/libvgpu.%u.region",
-                 (unsigned)getuid());
+        snprintf(g_config.region_path, sizeof g_config.region_path, "%s/region", g_config.default_dir);
+    g_config.region_default = !path;
 
     const char *arbiter = env("LIBVGPU_ARBITER_DIR");
     if (arbiter && strlen(arbiter) >= sizeof g_config.arbiter_dir - 64)
         fail("LIBVGPU_ARBITER_DIR", arbiter, "path too long");
-    snprintf(g_config.arbiter_dir, sizeof g_config.arbiter_dir, "%s", arbiter ? arbiter : "/tmp/libvgpu");
+    snprintf(g_config.arbiter_dir, sizeof g_config.arbiter_dir, "%s", arbiter ? arbiter : g_config.default_dir);
+    g_config.arbiter_default = !arbiter;
 
     const char *identity = env("LIBVGPU_IDENTITY");
     snprintf(g_config.identity, sizeof g_config.identity, "%s", identity ? identity : "");
+}
+
+static uint64_t min_size(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* A compute cap: 0 is none, so the tighter of two is the smaller nonzero one. */
+static uint32_t tighter_share(uint32_t a, uint32_t b) { return !a ? b : !b ? a : a < b ? a : b; }
+
+int vgpu_config_apply_trusted(const char *path)
+{
+    static int applied;
+    if (applied)
+        return g_config.broken ? -1 : 0;
+    applied = 1;
+    struct vgpu_trusted t;
+    char err[512];
+    int found = vgpu_trusted_read(path, &t, err, sizeof err);
+    if (found < 0) {
+        g_config.broken = 1;
+        snprintf(g_config.error, sizeof g_config.error, "%s", err);
+        return -1;
+    }
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
+        g_config.memory_ceiling[i] = found ? t.memory_limit[i] : VGPU_UNLIMITED;
+        g_config.sm_ceiling[i] = found ? t.sm_limit[i] : 0;
+    }
+    if (!found)
+        return 0;
+    /* The environment may only tighten what root set. */
+    g_config.trusted = 1;
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
+        g_config.memory_limit[i] = min_size(g_config.memory_limit[i], t.memory_limit[i]);
+        g_config.sm_limit[i] = tighter_share(g_config.sm_limit[i], t.sm_limit[i]);
+    }
+    if (t.policy >= 0 && !(t.policy != VGPU_POLICY_FORCE && g_config.policy == VGPU_POLICY_FORCE))
+        g_config.policy = t.policy; /* the environment may only ask for force */
+    /* The slice's region and turn files are root's choice (or the private
+     * defaults): pointing elsewhere would start a second, fresh slice. */
+    if (t.region_path[0])
+        snprintf(g_config.region_path, sizeof g_config.region_path, "%s", t.region_path);
+    else
+        snprintf(g_config.region_path, sizeof g_config.region_path, "%s/region", g_config.default_dir);
+    g_config.region_default = !t.region_path[0];
+    snprintf(g_config.arbiter_dir, sizeof g_config.arbiter_dir, "%s", t.arbiter_dir[0] ? t.arbiter_dir : g_config.default_dir);
+    g_config.arbiter_default = !t.arbiter_dir[0];
+    return 0;
 }

@@ -1,6 +1,6 @@
 /*
- * Everything libvgpu reads from the environment, parsed once when the library
- * is loaded: hot paths never call getenv. A malformed value marks the whole
+ * Everything libvgpu reads from the environment, parsed once, at the first
+ * CUDA or NVML call: hot paths never call getenv. A malformed value marks the whole
  * configuration broken; CUDA calls then fail (fail closed), never run unlimited.
  */
 #ifndef VGPU_CONFIG_H
@@ -18,7 +18,7 @@ enum vgpu_policy {
 
 struct vgpu_config {
     int broken;
-    char error[320];
+    char error[640];
     /* Indexed by the CUDA device ordinal this process sees. */
     uint64_t memory_limit[VGPU_MAX_DEVICES];         /* VGPU_UNLIMITED when unset */
     uint64_t process_memory_limit[VGPU_MAX_DEVICES]; /* 0 = none */
@@ -31,15 +31,37 @@ struct vgpu_config {
     uint64_t context_size; /* 0 = measure it */
     char region_path[4096];
     char arbiter_dir[4096];
+    char default_dir[64];  /* /tmp/libvgpu.<euid>: private, 0700 */
+    int region_default;    /* region_path is in default_dir */
+    int arbiter_default;   /* arbiter_dir is default_dir */
+    /* Root's slice (trusted.h), once applied: the environment only tightens it. */
+    int trusted;
+    uint64_t memory_ceiling[VGPU_MAX_DEVICES]; /* VGPU_UNLIMITED: none */
+    uint32_t sm_ceiling[VGPU_MAX_DEVICES];     /* 0: none */
     char identity[VGPU_IDENTITY_LEN];
 };
 
-/* Parses the environment into the process-wide configuration. */
-void vgpu_config_load(void);
-const struct vgpu_config *vgpu_config(void);
 
-/* "20480m", "4g", "1073741824": digits with an optional k/m/g/t suffix
- * (1024-based). Returns 0 on success; zero, overflow and anything else fail. */
+/* Applies root's slice file (trusted.h) if there is one: its limits become
+ * ceilings the environment may only tighten, and its region and turn
+ * directory stand. Runs once, at the first CUDA or NVML call (never at
+ * load). -1 if the file cannot be trusted: the configuration is broken. */
+int vgpu_config_apply_trusted(const char *path);
+
+/* The process-wide configuration, parsed from the environment at the first
+ * call (the first CUDA or NVML call, or the first log line), never at load:
+ * a process that never touches CUDA runs none of libvgpu's code. */
+const struct vgpu_config *vgpu_config(void);
+void vgpu_config_ensure(void);
+
+/* The languages of the limit variables, shared with hami_kernel/slice.py
+ * (one table of cases tests both: tests/data/env_language.json).
+ *
+ * Sizes: "20480m", "4g", "1073741824": 1 to 20 ASCII digits with an optional
+ * k/m/g/t suffix (either case, 1024-based), from 1 byte to 2^64 - 2.
+ * Percents: 1 to 3 ASCII digits, 0 to 100. No sign, space or other unit.
+ * Both return 0 on success and -1 on anything else. */
 int vgpu_parse_size(const char *text, uint64_t *bytes);
+int vgpu_parse_percent(const char *text, uint32_t *percent);
 
 #endif

@@ -55,6 +55,17 @@ static uint64_t nvml_process_usage(int ordinal)
     return 0;
 }
 
+/* Once this process has a context, the driver lists it: under our own pid,
+ * or (in a PID namespace) under one we cannot know. Only a pid the driver
+ * is known to use lets a reclaimer wait for exactly this process's memory
+ * to be freed (vgpu_region.h). */
+static void note_driver_pid(int ordinal)
+{
+    struct vgpu_proc *me = &vgpu_rt.region.map->procs[vgpu_rt.region.slot];
+    if (atomic_load(&me->driver_pid) == 0 && nvml_process_usage(ordinal) > 0)
+        atomic_store(&me->driver_pid, (int32_t)getpid());
+}
+
 /* A context's size if already known (configured, or measured by an earlier
  * process of the slice), else 0. */
 static uint64_t known_context_size(int entry)
@@ -116,6 +127,7 @@ static CUresult charged_create(int ordinal, int entry, CUresult (*create)(void *
         vgpu_uncharge(entry, charged);
         return r;
     }
+    note_driver_pid(ordinal);
     *bytes = known ? known : measure_context_size(ordinal, entry, charged);
     if (*bytes < charged) {
         vgpu_uncharge(entry, charged - *bytes);

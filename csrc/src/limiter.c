@@ -91,6 +91,9 @@ static uint32_t share_of(int entry)
     uint32_t slice = atomic_load(&r->devices[entry].sm_limit);
     uint32_t own = atomic_load(&r->procs[vgpu_rt.region.slot].sm_limit[entry]);
     uint32_t share = slice && own ? (slice < own ? slice : own) : (slice ? slice : own);
+    /* Root's cap (trusted.h) holds whatever the region says. */
+    uint32_t ceiling = vgpu_rt.sm_ceiling_of_entry[entry];
+    share = ceiling && (!share || share > ceiling) ? ceiling : share;
     return vgpu_config()->policy == VGPU_POLICY_DISABLE || share >= 100 ? 0 : share;
 }
 
@@ -109,7 +112,8 @@ static void configure(int entry)
     unsigned char uuid[16];
     struct vgpu_arbiter *arb;
     vgpu_region_device_uuid(vgpu_rt.region.map, entry, uuid);
-    if (vgpu_arbiter_open(vgpu_config()->arbiter_dir, uuid, &arb, &fd, err, sizeof err) != 0) {
+    if (vgpu_arbiter_open(vgpu_config()->arbiter_dir, vgpu_config()->arbiter_default, uuid, vgpu_mapping_lost, &arb,
+                          &fd, err, sizeof err) != 0) {
         vgpu_fail(err);
         return;
     }
@@ -301,8 +305,12 @@ CUresult vgpu_launch_enter(CUstream stream, int per_thread, struct vgpu_launch *
      * sub-slice may be re-divided while it runs. */
     uint32_t share = share_of(l->entry);
     if (!atomic_load_explicit(&d->capped, memory_order_acquire)) {
-        if (share == 0 || !atomic_load_explicit(&capped_later(l->entry)->capped, memory_order_acquire))
+        if (share == 0)
             return CUDA_SUCCESS;
+        /* A cap that could not be set up (no turn file) has failed closed:
+         * this launch must not run uncapped either. */
+        if (!atomic_load_explicit(&capped_later(l->entry)->capped, memory_order_acquire))
+            return vgpu_is_ready() ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
     }
     pthread_mutex_lock(&d->lock);
     uint32_t now_share = share ? share : 100; /* a cap lifted: turns that never wait */

@@ -1,6 +1,8 @@
 #include "region.h"
 
 #include "checksum.h"
+#include "map_guard.h"
+#include "safe_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +17,13 @@ static uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
@@ -40,7 +49,7 @@ static int create_region(const char *path, char *err, size_t errlen)
      * waits on a creator that may have died half way. */
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
-    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
         snprintf(err, errlen, "cannot create the shared region %s: %s", tmp, strerror(errno));
         return -1;
@@ -70,24 +79,25 @@ static int create_region(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-int vgpu_region_open(const char *path, struct vgpu_region_handle *h, char *err, size_t errlen)
+int vgpu_region_open(const char *path, struct vgpu_region_handle *h, void (*lost)(void), char *err,
+                     size_t errlen)
 {
     h->map = NULL;
     h->fd = -1;
     h->slot = -1;
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    h->driver_holds = NULL;
+    int fd = vgpu_open_shared_file(path, O_RDWR, "the shared region", err, errlen);
     if (fd < 0 && errno == ENOENT) {
         if (create_region(path, err, errlen) != 0)
             return -1;
-        fd = open(path, O_RDWR | O_CLOEXEC);
+        fd = vgpu_open_shared_file(path, O_RDWR, "the shared region", err, errlen);
     }
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot open the shared region %s: %s", path, strerror(errno));
+    if (fd < 0)
         return -1;
-    }
     struct stat st;
     struct vgpu_region_header hdr;
     memset(&hdr, 0, sizeof hdr);
+    errno = 0;
     if (fstat(fd, &st) != 0 || pread(fd, &hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
         snprintf(err, errlen, "cannot read the shared region %s (%s)", path,
                  errno ? strerror(errno) : "file too short");
@@ -114,8 +124,12 @@ int vgpu_region_open(const char *path, struct vgpu_region_handle *h, char *err, 
         close(fd);
         return -1;
     }
+    /* Guarded before the first access: the file may shrink at any moment
+     * (map_guard.h), and reading the header is an access. */
+    vgpu_map_guard_add(map, VGPU_REGION_SIZE, "the shared region", path, lost);
     if (!vgpu_region_valid(map)) {
         snprintf(err, errlen, "the shared region %s is corrupted (bad header)", path);
+        vgpu_map_guard_remove(map);
         munmap(map, VGPU_REGION_SIZE);
         close(fd);
         return -1;
@@ -127,8 +141,10 @@ int vgpu_region_open(const char *path, struct vgpu_region_handle *h, char *err, 
 
 void vgpu_region_close(struct vgpu_region_handle *h)
 {
-    if (h->map)
+    if (h->map) {
+        vgpu_map_guard_remove(h->map);
         munmap(h->map, VGPU_REGION_SIZE);
+    }
     if (h->fd >= 0)
         close(h->fd);
     h->map = NULL;
@@ -167,6 +183,7 @@ int vgpu_region_slot_live(const struct vgpu_region_handle *h, int slot)
 static void zero_slot(struct vgpu_proc *p)
 {
     atomic_store(&p->pid, 0);
+    atomic_store(&p->driver_pid, 0);
     for (int d = 0; d < VGPU_MAX_DEVICES; d++) {
         atomic_store(&p->used[d], 0);
         atomic_store(&p->memory_limit[d], 0);
@@ -177,6 +194,44 @@ static void zero_slot(struct vgpu_proc *p)
     atomic_store(&p->updated_ns, 0);
     p->claimed_ns = 0;
     memset(p->identity, 0, sizeof p->identity);
+}
+
+/* When this process first found each dead slot (for the grace), keyed by the
+ * slot's claimed_ns so that a slot taken over since is not confused with it. */
+static _Atomic uint64_t g_dead_claimed[VGPU_MAX_PROCS];
+static _Atomic uint64_t g_dead_seen[VGPU_MAX_PROCS];
+
+static int grace_over(int slot, uint64_t claimed)
+{
+    uint64_t now = mono_ns();
+    if (atomic_exchange(&g_dead_claimed[slot], claimed) != claimed || atomic_load(&g_dead_seen[slot]) == 0) {
+        atomic_store(&g_dead_seen[slot], now);
+        return 0;
+    }
+    return now - atomic_load(&g_dead_seen[slot]) >= (uint64_t)VGPU_RECLAIM_GRACE_MS * 1000000u;
+}
+
+/* 1 if the memory of the dead process in slot i (whose lock we hold) is
+ * gone from the GPU, so its usage may leave the slice (vgpu_region.h). */
+static int dead_slot_released(struct vgpu_region_handle *h, int slot)
+{
+    struct vgpu_proc *p = &h->map->procs[slot];
+    int32_t driver_pid = atomic_load(&p->driver_pid);
+    int used = 0, unknown = driver_pid == 0 || !h->driver_holds;
+    for (int d = 0; d < VGPU_MAX_DEVICES; d++) {
+        if (atomic_load(&p->used[d]) == 0)
+            continue;
+        used = 1;
+        if (unknown)
+            continue;
+        unsigned char uuid[16];
+        vgpu_region_device_uuid(h->map, d, uuid);
+        int holds = h->driver_holds(driver_pid, uuid);
+        if (holds > 0)
+            return 0;
+        unknown |= holds < 0;
+    }
+    return !used || !unknown || grace_over(slot, p->claimed_ns);
 }
 
 int vgpu_region_claim_slot(struct vgpu_region_handle *h, const char *identity)
@@ -190,6 +245,10 @@ int vgpu_region_claim_slot(struct vgpu_region_handle *h, const char *identity)
                 continue;
             if (slot_lock(h->fd, i, F_WRLCK) != 0)
                 continue;
+            if (pass == 1 && !dead_slot_released(h, i)) {
+                slot_lock(h->fd, i, F_UNLCK); /* its owner's memory is still on the GPU */
+                continue;
+            }
             struct vgpu_proc *p = &r->procs[i];
             zero_slot(p); /* whatever a dead owner left is no longer on the GPU */
             snprintf(p->identity, sizeof p->identity, "%s", identity);
@@ -285,6 +344,10 @@ int vgpu_region_reclaim(struct vgpu_region_handle *h)
          * owner from claiming it while we zero it. */
         if (slot_lock(h->fd, (int)i, F_WRLCK) != 0)
             continue;
+        if (!dead_slot_released(h, (int)i)) {
+            slot_lock(h->fd, (int)i, F_UNLCK);
+            continue;
+        }
         zero_slot(&r->procs[i]);
         slot_lock(h->fd, (int)i, F_UNLCK);
         freed++;
@@ -292,7 +355,7 @@ int vgpu_region_reclaim(struct vgpu_region_handle *h)
     return freed;
 }
 
-enum vgpu_charge_result vgpu_region_charge(struct vgpu_region_handle *h, int dev, uint64_t bytes)
+enum vgpu_charge_result vgpu_region_charge(struct vgpu_region_handle *h, int dev, uint64_t bytes, uint64_t ceiling)
 {
     struct vgpu_region *r = h->map;
     if (r->header.magic != VGPU_REGION_MAGIC)
@@ -306,8 +369,14 @@ enum vgpu_charge_result vgpu_region_charge(struct vgpu_region_handle *h, int dev
     }
     for (int attempt = 0; attempt < 2; attempt++) {
         uint64_t limit = atomic_load(&r->devices[dev].memory_limit);
-        if (limit == VGPU_UNLIMITED || vgpu_region_used(r, dev) <= limit)
+        limit = limit < ceiling ? limit : ceiling;
+        if (limit == VGPU_UNLIMITED || vgpu_region_used(r, dev) <= limit) {
+            /* A region truncated during the sum reads as zeros (map_guard.h):
+             * the sum proves nothing then. */
+            if (r->header.magic != VGPU_REGION_MAGIC)
+                return VGPU_REGION_BROKEN;
             return VGPU_CHARGED;
+        }
         if (vgpu_region_reclaim(h) == 0)
             break;
     }

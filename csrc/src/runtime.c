@@ -11,6 +11,8 @@
 #include "log.h"
 #include "monitor.h"
 #include "real_driver.h"
+#include "safe_file.h"
+#include "trusted.h"
 
 struct vgpu_runtime vgpu_rt = {.region = {.fd = -1, .slot = -1}};
 
@@ -18,16 +20,33 @@ static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void vgpu_context_reset_after_fork(void); /* context.c */
 
-__attribute__((constructor)) static void vgpu_load(void)
-{
-    vgpu_config_load();
-}
 
 void vgpu_fail(const char *reason)
 {
     int was = atomic_exchange(&vgpu_rt.state, VGPU_STATE_BROKEN);
     if (was != VGPU_STATE_BROKEN)
         VGPU_ERROR("%s; CUDA calls will fail until this is fixed", reason);
+}
+
+/* A shared file was truncated under us (map_guard.h); runs in a signal
+ * handler, so it only flips the state: every CUDA call fails from now on. */
+void vgpu_mapping_lost(void) { atomic_store(&vgpu_rt.state, VGPU_STATE_BROKEN); }
+
+/* The driver's per-process view (vgpu_region_h's reclaim rule): is process
+ * pid still listed on the GPU with this UUID? */
+static int driver_holds(int32_t pid, const unsigned char uuid[16])
+{
+    nvmlDevice_t dev;
+    if (vgpu_real_nvml_device(uuid, &dev) != 0 || !vgpu_real.nvmlDeviceGetComputeRunningProcesses_v3)
+        return -1;
+    nvmlProcessInfo_t infos[256];
+    unsigned int count = 256;
+    if (vgpu_real.nvmlDeviceGetComputeRunningProcesses_v3(dev, &count, infos) != NVML_SUCCESS)
+        return -1;
+    for (unsigned int i = 0; i < count && i < 256; i++)
+        if (infos[i].pid == (unsigned int)pid)
+            return 1;
+    return 0;
 }
 
 static CUresult device_uuid(CUdevice dev, unsigned char out[16])
@@ -57,6 +76,10 @@ static int map_devices(char *err, size_t errlen)
                  VGPU_MAX_DEVICES);
         return -1;
     }
+    for (int e = 0; e < VGPU_MAX_DEVICES; e++) {
+        vgpu_rt.ceiling_of_entry[e] = VGPU_UNLIMITED;
+        vgpu_rt.sm_ceiling_of_entry[e] = 0;
+    }
     for (int i = 0; i < count; i++) {
         CUdevice dev;
         if ((rc = vgpu_real.cuDeviceGet(&dev, i)) != CUDA_SUCCESS ||
@@ -70,6 +93,8 @@ static int map_devices(char *err, size_t errlen)
             return -1;
         }
         vgpu_rt.entry_of_ordinal[i] = entry;
+        vgpu_rt.ceiling_of_entry[entry] = cfg->memory_ceiling[i];
+        vgpu_rt.sm_ceiling_of_entry[entry] = cfg->sm_ceiling[i];
         uint64_t slice = atomic_load(&r->devices[entry].memory_limit);
         if (slice != cfg->memory_limit[i])
             VGPU_INFO("GPU %d: the slice's limit in the region (%llu bytes) stands over this "
@@ -112,6 +137,7 @@ CUresult vgpu_ready_slow(void)
     if (state == VGPU_STATE_BROKEN)
         goto out;
     const struct vgpu_config *cfg = vgpu_config();
+    vgpu_config_apply_trusted(VGPU_TRUSTED_SLICE_FILE);
     if (cfg->broken) {
         vgpu_fail(cfg->error);
         goto out;
@@ -126,11 +152,13 @@ CUresult vgpu_ready_slow(void)
     if (result != CUDA_SUCCESS)
         goto out;
     char err[512];
-    if (vgpu_region_open(cfg->region_path, &vgpu_rt.region, err, sizeof err) != 0) {
+    if ((cfg->region_default && vgpu_private_dir(cfg->default_dir, err, sizeof err) != 0) ||
+        vgpu_region_open(cfg->region_path, &vgpu_rt.region, vgpu_mapping_lost, err, sizeof err) != 0) {
         vgpu_fail(err);
         result = CUDA_ERROR_NOT_INITIALIZED;
         goto out;
     }
+    vgpu_rt.region.driver_holds = driver_holds;
     if (vgpu_region_claim_slot(&vgpu_rt.region, cfg->identity) != 0) {
         vgpu_region_close(&vgpu_rt.region);
         vgpu_fail("the shared region has no free process slot");
@@ -174,7 +202,7 @@ CUresult vgpu_current_entry(int *entry)
 
 CUresult vgpu_charge(int entry, uint64_t bytes)
 {
-    switch (vgpu_region_charge(&vgpu_rt.region, entry, bytes)) {
+    switch (vgpu_region_charge(&vgpu_rt.region, entry, bytes, vgpu_rt.ceiling_of_entry[entry])) {
     case VGPU_CHARGED:
         return CUDA_SUCCESS;
     case VGPU_OVER_PROCESS:
@@ -201,7 +229,7 @@ void vgpu_slice_view(int entry, uint64_t *free_bytes, uint64_t *total_bytes)
 {
     struct vgpu_region *r = vgpu_rt.region.map;
     struct vgpu_proc *me = &r->procs[vgpu_rt.region.slot];
-    uint64_t limit = atomic_load(&r->devices[entry].memory_limit);
+    uint64_t limit = min_u64(atomic_load(&r->devices[entry].memory_limit), vgpu_rt.ceiling_of_entry[entry]);
     uint64_t cap = atomic_load(&me->memory_limit[entry]);
     if (limit == VGPU_UNLIMITED && cap == 0)
         return;

@@ -20,6 +20,9 @@ struct vgpu_runtime {
     struct vgpu_region_handle region;
     int device_count;
     int entry_of_ordinal[VGPU_MAX_DEVICES];
+    /* Root's limit per device entry (trusted.h): over whatever the region says. */
+    uint64_t ceiling_of_entry[VGPU_MAX_DEVICES];
+    uint32_t sm_ceiling_of_entry[VGPU_MAX_DEVICES]; /* 0: none */
     unsigned char uuid_of_ordinal[VGPU_MAX_DEVICES][16];
 };
 
@@ -42,6 +45,10 @@ static inline int vgpu_is_ready(void)
 
 /* Fails closed: from now on CUDA calls through libvgpu return an error. */
 void vgpu_fail(const char *reason);
+
+/* A shared file was truncated while mapped (map_guard.h): fails the library
+ * closed. Async-signal-safe. */
+void vgpu_mapping_lost(void);
 
 /* Region device entry of a CUDA ordinal, or -1. */
 int vgpu_entry_of_ordinal(int ordinal);

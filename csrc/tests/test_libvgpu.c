@@ -738,7 +738,10 @@ static void case_fork_after_init(void)
 /* Holds memory and some launches on every visible GPU, says "ready", and
  * waits for standard input to close: a live process for tests that read the
  * region from outside (tests/test_region_reader.py). VGPU_TEST_HOLD_MIB
- * gives the MiB to hold per GPU, VGPU_TEST_LAUNCHES the launches per GPU. */
+ * gives the MiB to hold per GPU, VGPU_TEST_LAUNCHES the launches per GPU.
+ * With VGPU_TEST_EXPECT_BROKEN set, it then launches and allocates once more
+ * and checks that both fail (tests/test_shared_files.py truncates the
+ * region or the turn file meanwhile). */
 static void case_hold(void)
 {
     load_api();
@@ -760,6 +763,13 @@ static void case_hold(void)
     printf("ready\n");
     char buf[64];
     while (read(0, buf, sizeof buf) > 0) {
+    }
+    if (getenv("VGPU_TEST_EXPECT_BROKEN")) {
+        CUresult launched = cuLaunchKernel((CUfunction)&g_pool, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+        CUdeviceptr p;
+        CHECK(A.alloc(&p, MiB) != CUDA_SUCCESS, "an allocation succeeded after the shared file was truncated");
+        CHECK(cuLaunchKernel((CUfunction)&g_pool, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL) != CUDA_SUCCESS,
+              "a launch succeeded after the shared file was truncated (the first gave %d)", (int)launched);
     }
 }
 

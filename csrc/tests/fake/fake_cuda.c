@@ -1307,6 +1307,7 @@ CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
     if (!c)
         return CUDA_ERROR_INVALID_CONTEXT;
     unsigned long long total = fake_config()->memory[c->physical];
+    fake_free_dead_after_delay(fake_state());
     unsigned long long used = atomic_load(&fake_state()->dev[c->physical].used);
     *total_bytes = (size_t)total;
     *free_bytes = (size_t)(used < total ? total - used : 0);

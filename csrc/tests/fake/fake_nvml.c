@@ -193,6 +193,7 @@ nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int len
 static void memory_of(int i, unsigned long long *total, unsigned long long *used)
 {
     *total = fake_config()->memory[i];
+    fake_free_dead_after_delay(nvml_state());
     *used = atomic_load(&nvml_state()->dev[i].used);
     if (*used > *total)
         *used = *total;
@@ -229,8 +230,10 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
     return NVML_SUCCESS;
 }
 
-/* Processes with memory on the device: live entries of the per-process
- * table with nonzero usage there. Standard NVML sizing protocol. */
+/* Processes with memory on the device: entries of the per-process table
+ * with nonzero usage there, dead ones included until the driver has freed
+ * their memory (fake_free_dead_after_delay, fake_cuda_reap_dead). Standard
+ * NVML sizing protocol. */
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
                                                      nvmlProcessInfo_t *infos)
 {
@@ -240,12 +243,13 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsign
         return NVML_ERROR_INVALID_ARGUMENT;
 
     struct fake_shared *s = nvml_state();
+    fake_free_dead_after_delay(s);
     nvmlProcessInfo_t found[FAKE_MAX_PROCS];
     unsigned n = 0;
     for (int i = 0; i < FAKE_MAX_PROCS; i++) {
         int pid = atomic_load(&s->proc[i].pid);
         unsigned long long used = atomic_load(&s->proc[i].used[dev]);
-        if (pid <= 0 || used == 0 || !fake_pid_alive(pid))
+        if (pid <= 0 || used == 0)
             continue;
         found[n].pid = (unsigned)pid;
         found[n].usedGpuMemory = used;

@@ -13,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The state is shared between processes through plain memory, which is only
@@ -130,11 +132,28 @@ static void parse_context_size(struct fake_config *c)
     c->context_size = size;
 }
 
+static void parse_dead_free(struct fake_config *c)
+{
+    const char *v = getenv("FAKE_CUDA_DEAD_FREE_MS");
+    c->dead_free_ns = 0;
+    if (!v)
+        return;
+    char *end;
+    errno = 0;
+    long ms = strtol(v, &end, 10);
+    if (errno || end == v || *end || ms < 1 || ms > 60000) {
+        warn_env("FAKE_CUDA_DEAD_FREE_MS", v, "expected milliseconds from 1 to 60000");
+        return;
+    }
+    c->dead_free_ns = (unsigned long long)ms * 1000000ull;
+}
+
 static void load_config(void)
 {
     parse_device_count(&g_config);
     parse_device_memory(&g_config);
     parse_context_size(&g_config);
+    parse_dead_free(&g_config);
     const char *path = getenv("FAKE_CUDA_STATE");
     if (path && *path) {
         /* Keep a copy: the program may change its environment later. */
@@ -228,6 +247,66 @@ void fake_uuid_string(int physical, char out[FAKE_UUID_STRLEN + 1])
              b[15]);
 }
 
+/* ---- the lock over every change of usage (fake_state.h) ------------------ */
+
+static unsigned long long mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+/* Stores a journaled change: the device's total and the entry's usage. */
+static void apply(struct fake_shared *s, const struct fake_journal *j)
+{
+    atomic_store(&s->dev[j->device].used, j->device_used);
+    if (j->entry >= 0)
+        atomic_store(&s->proc[j->entry].used[j->device], j->entry_used);
+}
+
+static void state_lock(struct fake_shared *s)
+{
+    if (atomic_load(&s->lock_state) != 2) {
+        int unset = 0;
+        if (atomic_compare_exchange_strong(&s->lock_state, &unset, 1)) {
+            pthread_mutexattr_t attr;
+            pthread_mutexattr_init(&attr);
+            pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+            pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+            pthread_mutex_init(&s->lock, &attr);
+            pthread_mutexattr_destroy(&attr);
+            atomic_store(&s->lock_state, 2);
+        } else {
+            while (atomic_load(&s->lock_state) != 2)
+                sched_yield();
+        }
+    }
+    if (pthread_mutex_lock(&s->lock) == EOWNERDEAD) {
+        /* Its holder died in the middle of a change: finish it. */
+        if (atomic_load(&s->journal.pending))
+            apply(s, &s->journal);
+        atomic_store(&s->journal.pending, 0);
+        pthread_mutex_consistent(&s->lock);
+    }
+}
+
+static void state_unlock(struct fake_shared *s) { pthread_mutex_unlock(&s->lock); }
+
+/* Moves bytes (+ or -) between nothing and a device, through an entry (or
+ * none, -1), journaled. The caller holds the lock and has checked the sums. */
+static void change(struct fake_shared *s, int entry, int device, unsigned long long device_used,
+                   unsigned long long entry_used)
+{
+    struct fake_journal *j = &s->journal;
+    j->entry = entry;
+    j->device = device;
+    j->device_used = device_used;
+    j->entry_used = entry_used;
+    atomic_store(&j->pending, 1);
+    apply(s, j);
+    atomic_store(&j->pending, 0);
+}
+
 /* ---- per-process table -------------------------------------------------- */
 
 bool fake_pid_alive(int pid)
@@ -237,28 +316,23 @@ bool fake_pid_alive(int pid)
     return kill(pid, 0) == 0 || errno != ESRCH;
 }
 
-/* Subtract without wrapping below zero. The counters are consistent unless
- * something odd happened (a full process table, a reaped entry racing a free),
- * and a wrapped counter would be far more confusing than a clamped one. */
-static void sub_saturating(_Atomic unsigned long long *v, unsigned long long bytes)
-{
-    unsigned long long cur = atomic_load(v);
-    while (!atomic_compare_exchange_weak(v, &cur, cur > bytes ? cur - bytes : 0)) {
-    }
-}
+static unsigned long long sub_floor(unsigned long long a, unsigned long long b) { return a > b ? a - b : 0; }
 
-/* Move an entry's usage back out of the device counters. The caller owns the
- * entry exclusively (its pid field is -1 or the caller's own pid). */
+/* Move an entry's usage back out of the device counters. The caller holds
+ * the lock and owns the entry exclusively (its pid field is -1 or the
+ * caller's own pid). */
 static unsigned long long drain_entry(struct fake_shared *s, struct fake_proc_entry *e)
 {
     unsigned long long total = 0;
+    int index = (int)(e - s->proc);
     for (int d = 0; d < FAKE_MAX_DEVICES; d++) {
-        unsigned long long bytes = atomic_exchange(&e->used[d], 0);
+        unsigned long long bytes = atomic_load(&e->used[d]);
         if (bytes) {
-            sub_saturating(&s->dev[d].used, bytes);
+            change(s, index, d, sub_floor(atomic_load(&s->dev[d].used), bytes), 0);
             total += bytes;
         }
     }
+    atomic_store(&e->dead_since_ns, 0);
     return total;
 }
 
@@ -339,38 +413,39 @@ static void raise_high_water(struct fake_device_counters *d, unsigned long long 
     }
 }
 
-bool fake_charge(struct fake_shared *s, int physical, unsigned long long bytes)
-{
-    if (!fake_valid_physical(physical))
-        return false;
-    unsigned long long capacity = fake_config()->memory[physical];
-    struct fake_device_counters *d = &s->dev[physical];
-    unsigned long long used = atomic_load(&d->used);
-    do {
-        if (bytes > capacity || used > capacity - bytes)
-            return false;
-    } while (!atomic_compare_exchange_weak(&d->used, &used, used + bytes));
-    raise_high_water(d, used + bytes);
+static void free_due_locked(struct fake_shared *s);
 
+static bool charge_locked(struct fake_shared *s, int physical, unsigned long long bytes)
+{
+    unsigned long long capacity = fake_config()->memory[physical];
+    unsigned long long used = atomic_load(&s->dev[physical].used);
+    if (bytes > capacity || used > capacity - bytes)
+        return false;
     struct fake_proc_entry *e = own_entry(s, true);
     if (e) {
-        atomic_fetch_add(&e->used[physical], bytes);
+        change(s, (int)(e - s->proc), physical, used + bytes, atomic_load(&e->used[physical]) + bytes);
     } else {
+        change(s, -1, physical, used + bytes, 0);
         pthread_mutex_lock(&g_slot_lock);
         *unlisted_locked(physical) += bytes;
         pthread_mutex_unlock(&g_slot_lock);
     }
+    raise_high_water(&s->dev[physical], used + bytes);
     return true;
 }
 
-/* Take up to bytes from a counter; returns what was taken. */
-static unsigned long long take_up_to(_Atomic unsigned long long *v, unsigned long long bytes)
+bool fake_charge(struct fake_shared *s, int physical, unsigned long long bytes)
 {
-    unsigned long long cur = atomic_load(v), take;
-    do {
-        take = cur < bytes ? cur : bytes;
-    } while (!atomic_compare_exchange_weak(v, &cur, cur - take));
-    return take;
+    if (!fake_valid_physical(physical))
+        return false;
+    state_lock(s);
+    /* The driver frees dead processes' memory on its own schedule, whoever
+     * asks: at every charge, it is done for those due. */
+    if (fake_config()->dead_free_ns)
+        free_due_locked(s);
+    bool ok = charge_locked(s, physical, bytes);
+    state_unlock(s);
+    return ok;
 }
 
 /*
@@ -384,50 +459,95 @@ void fake_uncharge(struct fake_shared *s, int physical, unsigned long long bytes
 {
     if (!fake_valid_physical(physical))
         return;
-    unsigned long long taken = 0;
+    state_lock(s);
     struct fake_proc_entry *e = own_entry(s, false);
-    if (e)
-        taken = take_up_to(&e->used[physical], bytes);
-    if (taken < bytes) {
+    unsigned long long used = atomic_load(&s->dev[physical].used);
+    if (e) {
+        unsigned long long mine = atomic_load(&e->used[physical]);
+        unsigned long long take = mine < bytes ? mine : bytes;
+        change(s, (int)(e - s->proc), physical, sub_floor(used, take), mine - take);
+        bytes -= take;
+        used = atomic_load(&s->dev[physical].used);
+    }
+    if (bytes) {
         pthread_mutex_lock(&g_slot_lock);
         unsigned long long *u = unlisted_locked(physical);
-        unsigned long long more = *u < bytes - taken ? *u : bytes - taken;
+        unsigned long long more = *u < bytes ? *u : bytes;
         *u -= more;
-        taken += more;
         pthread_mutex_unlock(&g_slot_lock);
+        if (more)
+            change(s, -1, physical, sub_floor(used, more), 0);
     }
-    sub_saturating(&s->dev[physical].used, taken);
+    state_unlock(s);
 }
 
 void fake_release_own_usage(struct fake_shared *s)
 {
+    state_lock(s);
     pthread_mutex_lock(&g_slot_lock);
     for (int d = 0; d < FAKE_MAX_DEVICES; d++) {
         unsigned long long *u = unlisted_locked(d);
-        sub_saturating(&s->dev[d].used, *u);
+        if (*u)
+            change(s, -1, d, sub_floor(atomic_load(&s->dev[d].used), *u), 0);
         *u = 0;
     }
     pthread_mutex_unlock(&g_slot_lock);
     struct fake_proc_entry *e = own_entry(s, false);
-    if (!e)
-        return;
-    drain_entry(s, e);
-    int me = (int)getpid();
-    atomic_compare_exchange_strong(&e->pid, &me, 0);
+    if (e) {
+        drain_entry(s, e);
+        int me = (int)getpid();
+        atomic_compare_exchange_strong(&e->pid, &me, 0);
+    }
+    state_unlock(s);
+}
+
+/* Frees a dead entry: -1 marks it as ours while draining, so that a
+ * process claiming free entries cannot take it half-drained. */
+static unsigned long long free_dead_entry(struct fake_shared *s, struct fake_proc_entry *e, int pid)
+{
+    if (!atomic_compare_exchange_strong(&e->pid, &pid, -1))
+        return 0;
+    unsigned long long bytes = drain_entry(s, e);
+    atomic_store(&e->pid, 0);
+    return bytes;
 }
 
 unsigned long long fake_reap_dead(struct fake_shared *s)
 {
     unsigned long long total = 0;
+    state_lock(s);
     for (int i = 0; i < FAKE_MAX_PROCS; i++) {
         struct fake_proc_entry *e = &s->proc[i];
         int pid = atomic_load(&e->pid);
-        /* -1 marks the entry as ours while draining, so that a process
-         * claiming free entries cannot take it half-drained. */
-        if (pid > 0 && !fake_pid_alive(pid) && atomic_compare_exchange_strong(&e->pid, &pid, -1)) {
-            total += drain_entry(s, e);
-            atomic_store(&e->pid, 0);
-        }
+        if (pid > 0 && !fake_pid_alive(pid))
+            total += free_dead_entry(s, e, pid);
     }
+    state_unlock(s);
     return total;
+}
+
+static void free_due_locked(struct fake_shared *s)
+{
+    unsigned long long delay = fake_config()->dead_free_ns;
+    unsigned long long now = mono_ns();
+    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+        struct fake_proc_entry *e = &s->proc[i];
+        int pid = atomic_load(&e->pid);
+        if (pid <= 0 || fake_pid_alive(pid))
+            continue;
+        unsigned long long since = atomic_load(&e->dead_since_ns);
+        if (since == 0)
+            atomic_store(&e->dead_since_ns, now);
+        else if (now - since >= delay)
+            free_dead_entry(s, e, pid);
+    }
+}
+
+void fake_free_dead_after_delay(struct fake_shared *s)
+{
+    if (!fake_config()->dead_free_ns)
+        return;
+    state_lock(s);
+    free_due_locked(s);
+    state_unlock(s);
 }

@@ -11,6 +11,7 @@
 #ifndef FAKE_STATE_H
 #define FAKE_STATE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -25,13 +26,32 @@
 /*
  * The layout of the FAKE_CUDA_STATE file. All-zero bytes are a valid empty
  * state, which is what makes creation race-free: whoever creates or extends
- * the file gets zeros, and there is nothing to initialise afterwards.
- * Only lock-free atomics are used, so processes never wait on each other and
- * a process dying at any point cannot leave anything locked.
+ * the file gets zeros, and the one thing that needs initialising (the lock)
+ * is set up by its first user.
+ *
+ * Every change of usage (a device's total and a process's entry together)
+ * is made under one process-shared, robust mutex, with the values it is
+ * about to store written first to a journal: a process killed half way
+ * through leaves the journal, and the next one to take the lock (which the
+ * kernel hands over as EOWNERDEAD) stores those values again. So the books
+ * stay exact however often processes are SIGKILLed, which the stress test
+ * of libvgpu relies on. Reads (NVML, cuMemGetInfo) take no lock.
  */
 struct fake_proc_entry {
     _Atomic int pid; /* 0 = free, -1 = being reclaimed, else the owner */
     _Atomic unsigned long long used[FAKE_MAX_DEVICES];
+    /* CLOCK_MONOTONIC ns at which the fake first found the owner dead (0: not
+     * yet): its memory is freed FAKE_CUDA_DEAD_FREE_MS later. */
+    _Atomic unsigned long long dead_since_ns;
+};
+
+/* One change in progress: the values to store, replayed if its maker died. */
+struct fake_journal {
+    _Atomic int pending;
+    int entry; /* -1: none (bytes charged while the process table was full) */
+    int device;
+    unsigned long long device_used;
+    unsigned long long entry_used;
 };
 
 struct fake_device_counters {
@@ -42,6 +62,9 @@ struct fake_device_counters {
 struct fake_shared {
     struct fake_device_counters dev[FAKE_MAX_DEVICES];
     struct fake_proc_entry proc[FAKE_MAX_PROCS];
+    _Atomic int lock_state; /* 0 = not set up, 1 = being set up, 2 = ready */
+    pthread_mutex_t lock;   /* robust and process-shared */
+    struct fake_journal journal;
 };
 
 struct fake_config {
@@ -49,6 +72,7 @@ struct fake_config {
     unsigned long long memory[FAKE_MAX_DEVICES];   /* bytes per physical device */
     unsigned long long context_size;               /* bytes a context occupies */
     const char *state_path;                        /* NULL: process-private state */
+    unsigned long long dead_free_ns;               /* 0: a dead process's memory stays until reaped */
 };
 
 /* Environment, parsed once (first call; both libraries call it at load). */
@@ -79,6 +103,14 @@ void fake_release_own_usage(struct fake_shared *s);
 
 /* Release the usage of entries whose process no longer exists. */
 unsigned long long fake_reap_dead(struct fake_shared *s);
+
+/* The driver tearing down dead processes: with FAKE_CUDA_DEAD_FREE_MS set,
+ * frees the memory of processes found dead at least that long ago (and
+ * notes when others are first found dead). The fake does this whenever it
+ * is asked about memory or charges any (NVML, cuMemGetInfo, allocations of
+ * any process), so a dead process's memory stays listed and charged until
+ * then. */
+void fake_free_dead_after_delay(struct fake_shared *s);
 
 /* kill(pid, 0) probe: false only when the process certainly does not exist. */
 bool fake_pid_alive(int pid);

@@ -1031,7 +1031,8 @@ static void scenario_shared(void)
     const unsigned long long child_b = CTX + 300 * MiB;
     CHECK_EQ("a dead process's usage stays until reaped", fake_cuda_device_used(0),
              parent + child_b);
-    CHECK_EQ("NVML does not list dead processes", nvml_procs(getpid(), &usage), 1);
+    CHECK_EQ("NVML lists a dead process until its memory is freed", nvml_procs(b.pid, &usage), 2);
+    CHECK_EQ("NVML: the dead child's usage", usage, child_b);
     CHECK_EQ("fake_cuda_reap_dead returns its bytes", fake_cuda_reap_dead(), child_b);
     CHECK_EQ("usage after reaping", fake_cuda_device_used(0), parent);
 
