@@ -15,7 +15,10 @@ HAMi-core: ``CUDA_DISABLE_CONTROL=true`` keeps HAMi's device plugin from
 mounting its ``/etc/ld.so.preload`` (it reads the variable from the pod spec),
 and ``LD_PRELOAD`` names our library, which reads the same limits.  The
 single-user image must have hami-jupyter installed, with the library at
-``libvgpu_path``.
+``libvgpu_path``.  With ``slice_file`` (the default) the pod also gets its
+slice as a root-owned, read-only file that libvgpu trusts over the
+environment: put the library in the image's ``/etc/ld.so.preload`` and a
+user with a terminal can neither unset nor raise it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from kubernetes_asyncio.client.models import (V1DownwardAPIVolumeFile, V1DownwardAPIVolumeSource,
+                                               V1ObjectFieldSelector, V1Volume, V1VolumeMount)
 from kubespawner import KubeSpawner
 from traitlets import Bool, Dict, Enum, Integer, Unicode
 
@@ -36,8 +41,23 @@ NOUSE_GPUTYPE = "nvidia.com/nouse-gputype"
 GPU_POLICY = "hami.io/gpu-scheduler-policy"
 NODE_POLICY = "hami.io/node-scheduler-policy"
 UNLISTED = "--unlisted-choice"
+# The slice as a file the user cannot change: the pod's annotation, mounted read-only
+# by the kubelet where libvgpu looks for it (VGPU_TRUSTED_SLICE_FILE, csrc/src/trusted.h).
+SLICE_ANNOTATION = "hami-jupyter.io/slice"
+SLICE_FILE_DIR, SLICE_FILE_NAME = "/etc/hami-jupyter", "slice"
+SLICE_VOLUME = "hami-jupyter-slice"
 # What parse_memory accepts, for the browser's check of a free-form size.
 MEMORY_REGEX = r"^\s*[0-9]+(\.[0-9]+)?\s*([KkMmGgTt]([Ii][Bb]?)?|[Bb])?\s*$"
+
+
+def slice_file_text(size: Slice, region_path: str = "") -> str:
+    """The slice file's NAME=VALUE lines (csrc/src/trusted.h): the limits libvgpu
+    holds the pod to, in the environment's language, and its region."""
+    values = size.to_env()
+    if region_path:
+        values["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = region_path
+    return ("# The GPU slice of this pod, from HamiSpawner; the environment may only tighten it.\n"
+            + "".join(f"{name}={value}\n" for name, value in sorted(values.items())))
 
 
 def memory_key(nbytes: int) -> str:
@@ -69,6 +89,16 @@ class HamiSpawner(GpuChoiceMixin, KubeSpawner):
         processes of the pod share their usage.  The default keeps our region
         out of HAMi's cache directory, whose files HAMi's monitor reads (and
         writes) in HAMi-core's layout.  Empty: keep the path HAMi sets.
+        """).tag(config=True)
+    slice_file = Bool(True, help="""
+        Bundled interceptor: also give GPU pods their slice as a read-only file,
+        /etc/hami-jupyter/slice (the pod's hami-jupyter.io/slice annotation,
+        mounted by the kubelet through the downward API, owned by root).
+        libvgpu takes the slice's limits and region from that file and lets the
+        environment only tighten them, so with libvgpu in the single-user
+        image's /etc/ld.so.preload a user with a terminal cannot lift the slice
+        by unsetting LD_PRELOAD or raising the variables.  Off: the slice is
+        only in the environment, which its user can change.
         """).tag(config=True)
     gpu_scheduler_name = Unicode("hami-scheduler", help="""
         schedulerName of pods with a GPU slice (HAMi's scheduler).  Empty: keep
@@ -251,6 +281,15 @@ class HamiSpawner(GpuChoiceMixin, KubeSpawner):
                                     **self.gpu_annotations(self.gpu_profile)}
         if self.gpu_scheduler_name:
             pod.spec.scheduler_name = self.gpu_scheduler_name
+        if self.interceptor == "bundled" and self.slice_file:
+            pod.metadata.annotations[SLICE_ANNOTATION] = slice_file_text(self.gpu_profile.slice,
+                                                                         self.region_path)
+            pod.spec.volumes = [*(pod.spec.volumes or []), V1Volume(
+                name=SLICE_VOLUME, downward_api=V1DownwardAPIVolumeSource(default_mode=0o444, items=[
+                    V1DownwardAPIVolumeFile(path=SLICE_FILE_NAME, field_ref=V1ObjectFieldSelector(
+                        field_path=f"metadata.annotations['{SLICE_ANNOTATION}']"))]))]
+            container.volume_mounts = [*(container.volume_mounts or []), V1VolumeMount(
+                name=SLICE_VOLUME, mount_path=SLICE_FILE_DIR, read_only=True)]
         return pod
 
     # ---- state and progress --------------------------------------------------------------

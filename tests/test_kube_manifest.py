@@ -138,7 +138,7 @@ def test_example_profile_pod(name: str) -> None:
     hami = {k: v for k, v in annotations.items() if k.startswith(("nvidia.com/", "hami.io/"))}
     env = env_of(pod)
     if policy is None:  # the CPU choice: nothing of HAMi, and no GPU visible
-        assert hami == {} and "schedulerName" not in pod["spec"]
+        assert hami == {} and "schedulerName" not in pod["spec"] and slice_file_of(pod) is None
         assert env["NVIDIA_VISIBLE_DEVICES"] == "none"
         assert not {"LD_PRELOAD", "CUDA_DISABLE_CONTROL", "CUDA_DEVICE_MEMORY_LIMIT"} & set(env)
         assert pod["spec"]["containers"][0]["image"].startswith("quay.io/jupyter/scipy")
@@ -154,6 +154,26 @@ def test_example_profile_pod(name: str) -> None:
     assert env.get("CUDA_DEVICE_MEMORY_LIMIT") == (f"{mib // 1024}g" if mib else None)
     assert env.get("CUDA_DEVICE_SM_LIMIT") == limits.get("nvidia.com/gpucores")
     assert pod["spec"]["containers"][0]["image"] == GPU_IMAGE
+    # The same slice as a root-owned file libvgpu trusts over the environment.
+    assert slice_file_of(pod) == {k: v for k, v in env.items() if k in (
+        "CUDA_DEVICE_MEMORY_LIMIT", "CUDA_DEVICE_SM_LIMIT", "CUDA_DEVICE_MEMORY_SHARED_CACHE")}
+
+
+def slice_file_of(pod: dict[str, Any]) -> dict[str, str] | None:
+    """NAME=VALUE of the slice file the kubelet would mount in the notebook container, checking
+    that it is mounted read-only where libvgpu reads it; None when there is none."""
+    text = (pod["metadata"].get("annotations") or {}).get("hami-jupyter.io/slice")
+    mounts = [m for m in pod["spec"]["containers"][0].get("volumeMounts") or []
+              if m["name"] == "hami-jupyter-slice"]
+    volumes = [v for v in pod["spec"].get("volumes") or [] if v["name"] == "hami-jupyter-slice"]
+    if text is None:
+        assert mounts == [] and volumes == []
+        return None
+    assert mounts == [{"name": "hami-jupyter-slice", "mountPath": "/etc/hami-jupyter", "readOnly": True}]
+    assert volumes == [{"name": "hami-jupyter-slice", "downwardAPI": {"defaultMode": 0o444, "items": [
+        {"path": "slice", "fieldRef": {"fieldPath": "metadata.annotations['hami-jupyter.io/slice']"}}]}}]
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
 
 
 def test_hami_core_interceptor_leaves_the_library_to_hami() -> None:
@@ -164,7 +184,13 @@ def test_hami_core_interceptor_leaves_the_library_to_hami() -> None:
                 "CUDA_DEVICE_MEMORY_SHARED_CACHE"} & set(env)
     assert gpu_limits(pod)["nvidia.com/gpumem"] == "4096"
     assert pod["spec"]["schedulerName"] == "hami-scheduler"
+    assert slice_file_of(pod) is None  # HAMi-core reads no file of ours
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_the_slice_file_can_be_left_out() -> None:
+    (pod,) = manifests([{"profile": "small"}], slice_file=False)
+    assert slice_file_of(pod) is None and env_of(pod)["CUDA_DEVICE_MEMORY_LIMIT"] == "4g"
 
 
 def test_an_admins_preload_stays_after_ours() -> None:

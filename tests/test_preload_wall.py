@@ -133,3 +133,12 @@ def test_processes_that_never_touch_cuda_pay_nothing(wall: Wall) -> None:
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.strip() == str(wall.library)
     assert not Path(f"/tmp/libvgpu.{wall.user}").exists() and not wall.region.exists()
+
+
+def test_the_slice_file_hamispawner_writes_is_the_one_libvgpu_holds_to(wall: Wall) -> None:
+    # The text of the pod's hami-jupyter.io/slice annotation, as the kubelet mounts it.
+    from hami_kernel.slice import Slice
+    from hami_spawner.kubernetes import slice_file_text
+    wall.slice_text = slice_file_text(Slice(1536 << 20, 25, 1), str(wall.region))
+    _passed(wall.case("sees_slice", {"VGPU_TEST_EXPECT_MIB": "1536", "CUDA_DEVICE_MEMORY_LIMIT": "80g"}),
+            "sees_slice")
