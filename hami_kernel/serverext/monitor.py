@@ -1,0 +1,142 @@
+"""The server's view of its GPU slice: configuration, region reads, GPU names.
+
+:class:`SliceMonitor` is the one configurable object of the server extension
+(``c.SliceMonitor.<trait>`` in ``jupyter_server_config.py``). It reads the
+slice's limits from the server's environment (the spawner put them there),
+the shared region written by libvgpu in the kernels, and, when NVML is there,
+the GPUs' names; the handlers ask it for a report.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Any, Mapping
+
+from tornado.ioloop import PeriodicCallback
+from traitlets import Bool, Float, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from ..kernel_slice import REGION_ENV, server_limits
+from ..kernel_slice import region_path as default_region_path
+from ..region import RegionError, RegionSnapshot, read_region
+from ..slice import CORES_ENV, MEMORY_ENV
+from ..status import POLICY_ENV
+from .usage import KernelInfo, LaunchClock, build_report
+
+__all__ = ["SliceMonitor"]
+
+
+def _nvml_names() -> dict[str, str]:
+    """{lowercase UUID: model name} of this machine's GPUs; empty without NVML."""
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no GPU: names are optional
+        return {}
+    names = {}
+    try:
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid, name = pynvml.nvmlDeviceGetUUID(handle), pynvml.nvmlDeviceGetName(handle)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+            names[uuid.lower()] = name.decode() if isinstance(name, bytes) else name
+    except Exception:
+        pass
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+    return names
+
+
+class SliceMonitor(LoggingConfigurable):  # type: ignore[misc]
+    """Reads this server's GPU slice for the REST API and the metrics."""
+
+    region_path = Unicode(help="""The slice's shared region. Default: the one the kernels use,
+        CUDA_DEVICE_MEMORY_SHARED_CACHE of the server's environment, else libvgpu's default
+        (/tmp/libvgpu.<uid>.region).""").tag(config=True)
+
+    @default("region_path")
+    def _default_region_path(self) -> str:
+        return default_region_path(os.environ)
+
+    sample_interval = Float(1.0, help="""Seconds between reads of the region in the background,
+        which tell when each kernel last launched GPU work even while nobody is looking;
+        0 turns them off (then only requests read the region).""").tag(config=True)
+
+    gpu_names = Bool(True, help="""Name each GPU (its model, from NVML) in the usage report.
+        Without NVML (no driver on this machine) GPUs are shown by UUID.""").tag(config=True)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.launches = LaunchClock()
+        self._names: dict[str, str] | None = None
+        self._sampler: PeriodicCallback | None = None
+
+    # ---- the slice's configuration, from the server's environment -------------
+
+    def has_slice(self, env: Mapping[str, str]) -> bool:
+        """A server in a slice has its limits or region in its env, or a region already.
+
+        A CPU server (no GPU visible) has none, whatever a region file says.
+        """
+        if env.get("CUDA_VISIBLE_DEVICES") == "":
+            return False
+        configured = any(value and (key == REGION_ENV or key.startswith((MEMORY_ENV, CORES_ENV)))
+                         for key, value in env.items())
+        return configured or os.path.lexists(self.region_path)
+
+    def device_names(self) -> dict[str, str]:
+        if not self.gpu_names:
+            return {}
+        if self._names is None:
+            self._names = _nvml_names()
+        return self._names
+
+    # ---- reading --------------------------------------------------------------------
+
+    def read(self) -> tuple[RegionSnapshot | None, str | None]:
+        """(snapshot, None), or (None, reason); (None, None) when there is no region yet."""
+        try:
+            snapshot = read_region(self.region_path)
+        except RegionError as exc:
+            if not os.path.lexists(self.region_path):
+                return None, None
+            return None, str(exc)
+        except (OSError, ValueError, struct.error) as exc:  # never a 500 for a bad file
+            return None, f"cannot read the shared region {self.region_path}: {exc}"
+        self.launches.observe(snapshot, time.time())
+        return snapshot, None
+
+    def report(self, kernels: Mapping[str, KernelInfo], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+        env = os.environ if env is None else env
+        has_slice = self.has_slice(env)
+        snapshot, error = self.read() if has_slice else (None, None)
+        try:
+            limits = server_limits(env)
+        except ValueError as exc:
+            limits, error = [], error or f"this server's slice is misconfigured: {exc}"
+        policy = (env.get(POLICY_ENV) or "default").lower()
+        return build_report(region_path=self.region_path, limits=limits, policy=policy, has_slice=has_slice,
+                            snapshot=snapshot, region_error=error, kernels=kernels,
+                            device_names=self.device_names() if snapshot else {}, launches=self.launches)
+
+    # ---- background sampling ----------------------------------------------------------
+
+    def start(self) -> None:
+        if self.sample_interval > 0 and self._sampler is None and self.has_slice(os.environ):
+            self._sampler = PeriodicCallback(self._sample, self.sample_interval * 1000)
+            self._sampler.start()
+
+    def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
+
+    def _sample(self) -> None:
+        self.read()
