@@ -47,10 +47,8 @@ class DeviceView {
     this._title = document.createElement('h3');
     this._figures = document.createElement('div');
     this._figures.className = 'jp-vgpu-figures';
-    this._memoryChart = document.createElement('div');
-    this._memoryChart.className = 'jp-vgpu-chart jp-vgpu-chart-memory';
-    this._computeChart = document.createElement('div');
-    this._computeChart.className = 'jp-vgpu-chart jp-vgpu-chart-compute';
+    this._memoryChart = this.chartHost('jp-vgpu-chart-memory', trans.__('VRAM (GiB); dashed: the slice\'s limit'));
+    this._computeChart = this.chartHost('jp-vgpu-chart-compute', trans.__('compute (%); dashed: the slice\'s cap'));
     this.node.append(this._title, this._figures, this._memoryChart, this._computeChart);
   }
 
@@ -82,6 +80,16 @@ class DeviceView {
     }
   }
 
+  private chartHost(className: string, caption: string): HTMLDivElement {
+    const host = document.createElement('div');
+    host.className = `jp-vgpu-chart ${className}`;
+    const label = document.createElement('div');
+    label.className = 'jp-vgpu-chart-caption';
+    label.textContent = caption;
+    host.appendChild(label);
+    return host;
+  }
+
   /** Charts are remade on a theme change, with the new theme's colours. */
   destroyCharts(): void {
     this._memoryPlot?.destroy();
@@ -98,7 +106,7 @@ class DeviceView {
     const options: uPlot.Options = {
       width,
       height: 120,
-      legend: { show: true },
+      legend: { show: false }, // the caption above says what is drawn
       cursor: { show: false },
       scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(max, top) * 1.05] } },
       axes: [axis, { ...axis, size: 44 }],
@@ -136,8 +144,7 @@ export class VgpuPanel extends Widget {
     this._table = document.createElement('table');
     this._table.className = 'jp-vgpu-kernels';
     const head = this._table.createTHead().insertRow();
-    for (const name of [trans.__('Notebook'), trans.__('VRAM'), trans.__('Compute'), trans.__('Idle'),
-      trans.__('GPU idle'), '']) {
+    for (const name of [trans.__('Notebook'), trans.__('VRAM'), trans.__('Compute'), trans.__('Idle')]) {
       const th = document.createElement('th');
       th.textContent = name;
       head.appendChild(th);
@@ -204,7 +211,7 @@ export class VgpuPanel extends Widget {
     this._body.textContent = '';
     if (kernels.length === 0) {
       const cell = this._body.insertRow().insertCell();
-      cell.colSpan = 6;
+      cell.colSpan = 4;
       cell.className = 'jp-vgpu-empty';
       cell.textContent = this.trans.__('No kernel uses the GPU yet.');
       return;
@@ -215,17 +222,27 @@ export class VgpuPanel extends Widget {
       row.dataset.kernelId = kernel.kernel_id ?? '';
       const totals = kernelTotals(kernel);
       const name = row.insertCell();
-      name.textContent = kernelLabel(kernel);
+      name.className = 'jp-vgpu-kernel-name';
+      const label = document.createElement('div');
+      label.textContent = kernelLabel(kernel);
+      name.appendChild(label);
       name.title = [kernel.path, kernel.kernel_id ?? kernel.identity, `pid ${kernel.pid}`, kernel.kernel_name]
         .filter(Boolean).join('\n');
       const cap = kernel.devices.find(d => d.memory_limit_bytes !== null)?.memory_limit_bytes ?? null;
       row.insertCell().textContent = cap === null ? formatBytes(totals.memory) : formatMemoryPair(totals.memory, cap);
       row.insertCell().textContent = formatPercent(totals.compute);
-      row.insertCell().textContent = formatDuration(kernel.idle_seconds);
-      row.insertCell().textContent = kernel.launches ? formatDuration(kernel.gpu_idle_seconds) : this.trans.__('never');
-      const actions = row.insertCell();
-      actions.className = 'jp-vgpu-actions';
+      // Idle: since the kernel last executed something, and since it last launched GPU work.
+      const idle = row.insertCell();
+      idle.className = 'jp-vgpu-idle';
+      const gpuIdle = kernel.launches ? formatDuration(kernel.gpu_idle_seconds) : this.trans.__('never');
+      idle.append(formatDuration(kernel.idle_seconds), document.createElement('br'),
+        this.trans.__('GPU: %1', gpuIdle));
+      idle.title = this.trans.__('Last executed %1 ago; last launched GPU work: %2', formatDuration(kernel.idle_seconds),
+        kernel.launches ? this.trans.__('%1 ago', gpuIdle) : this.trans.__('never'));
       if (kernel.kernel_id) {
+        const actions = document.createElement('div');
+        actions.className = 'jp-vgpu-actions';
+        name.appendChild(actions);
         const id = kernel.kernel_id;
         actions.append(
           this.button(this.trans.__('Re-divide'), 'jp-vgpu-redivide', () => this.redivide(id, kernelLabel(kernel))),
@@ -237,7 +254,7 @@ export class VgpuPanel extends Widget {
 
   private button(label: string, className: string, onClick: () => void): HTMLButtonElement {
     const button = document.createElement('button');
-    button.className = `jp-Button jp-mod-styled jp-mod-minimal ${className}`;
+    button.className = `jp-vgpu-button ${className}`;
     button.textContent = label;
     button.addEventListener('click', onClick);
     return button;
