@@ -38,23 +38,29 @@ class _SliceHandler(APIHandler):  # type: ignore[misc]
 
     async def kernel_infos(self) -> dict[str, KernelInfo]:
         """This server's kernels, each with the notebook or console its session gives it."""
-        sessions: dict[str, tuple[str, str]] = {}
-        for session in await self.session_manager.list_sessions():
-            kernel = session.get("kernel") or {}
-            if kernel.get("id"):
-                sessions[kernel["id"]] = (session.get("path"), session.get("type"))
         infos = {}
+        paths = self.session_paths()
         for kernel_id in self.kernel_manager.list_kernel_ids():
             try:
                 kernel = self.kernel_manager.get_kernel(kernel_id)
             except KeyError:  # shut down meanwhile
                 continue
-            path, kind = sessions.get(kernel_id, (None, None))
+            path, kind = paths.get(kernel_id, (None, None))
             infos[kernel_id] = KernelInfo(
                 kernel_id=kernel_id, name=getattr(kernel, "kernel_name", ""),
                 execution_state=getattr(kernel, "execution_state", None),
                 last_activity=_epoch(getattr(kernel, "last_activity", None)), path=path, session_type=kind)
         return infos
+
+    def session_paths(self) -> dict[str, tuple[str | None, str | None]]:
+        """{kernel id: (path, type)} from the session manager's table.
+
+        One query rather than list_sessions(), which builds a full model of
+        every kernel for every session: this runs every second per open tab.
+        Kernels are taken from the kernel manager, so a stale row names none.
+        """
+        rows = self.session_manager.cursor.execute("SELECT kernel_id, path, type FROM session")
+        return {row[0]: (row[1], row[2]) for row in rows.fetchall() if row[0]}
 
     async def report(self) -> dict[str, Any]:
         return self.monitor.report(await self.kernel_infos())

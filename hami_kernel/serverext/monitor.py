@@ -20,7 +20,7 @@ from traitlets.config import LoggingConfigurable
 from ..kernel_slice import REGION_ENV, server_limits
 from ..kernel_slice import region_path as default_region_path
 from ..region import RegionError, RegionSnapshot, read_region
-from ..slice import CORES_ENV, MEMORY_ENV
+from ..slice import CORES_ENV, MEMORY_ENV, DeviceLimit
 from ..status import POLICY_ENV
 from .usage import KernelInfo, LaunchClock, build_report
 
@@ -77,6 +77,7 @@ class SliceMonitor(LoggingConfigurable):  # type: ignore[misc]
         self.launches = LaunchClock()
         self._names: dict[str, str] | None = None
         self._sampler: PeriodicCallback | None = None
+        self._env_facts: tuple[bool, bool, list[DeviceLimit], str | None, str] | None = None
 
     # ---- the slice's configuration, from the server's environment -------------
 
@@ -87,9 +88,12 @@ class SliceMonitor(LoggingConfigurable):  # type: ignore[misc]
         """
         if env.get("CUDA_VISIBLE_DEVICES") == "":
             return False
-        configured = any(value and (key == REGION_ENV or key.startswith((MEMORY_ENV, CORES_ENV)))
-                         for key, value in env.items())
-        return configured or os.path.lexists(self.region_path)
+        return self.configured(env) or os.path.lexists(self.region_path)
+
+    @staticmethod
+    def configured(env: Mapping[str, str]) -> bool:
+        return any(value and (key == REGION_ENV or key.startswith((MEMORY_ENV, CORES_ENV)))
+                   for key, value in env.items())
 
     def device_names(self) -> dict[str, str]:
         if not self.gpu_names:
@@ -114,17 +118,29 @@ class SliceMonitor(LoggingConfigurable):  # type: ignore[misc]
         return snapshot, None
 
     def report(self, kernels: Mapping[str, KernelInfo], env: Mapping[str, str] | None = None) -> dict[str, Any]:
-        env = os.environ if env is None else env
-        has_slice = self.has_slice(env)
+        if env is None:
+            # The server's own env does not change while it runs: read it once.
+            if self._env_facts is None:
+                self._env_facts = self._facts(os.environ)
+            cpu_server, configured, limits, config_error, policy = self._env_facts
+        else:
+            cpu_server, configured, limits, config_error, policy = self._facts(env)
+        has_slice = not cpu_server and (configured or os.path.lexists(self.region_path))
         snapshot, error = self.read() if has_slice else (None, None)
-        try:
-            limits = server_limits(env)
-        except ValueError as exc:
-            limits, error = [], error or f"this server's slice is misconfigured: {exc}"
-        policy = (env.get(POLICY_ENV) or "default").lower()
+        error = error or config_error
         return build_report(region_path=self.region_path, limits=limits, policy=policy, has_slice=has_slice,
                             snapshot=snapshot, region_error=error, kernels=kernels,
                             device_names=self.device_names() if snapshot else {}, launches=self.launches)
+
+    @classmethod
+    def _facts(cls, env: Mapping[str, str]) -> tuple[bool, bool, list[DeviceLimit], str | None, str]:
+        """(CPU server, slice configured, limits, why the limits are unreadable, policy)."""
+        try:
+            limits, error = server_limits(env), None
+        except ValueError as exc:
+            limits, error = [], f"this server's slice is misconfigured: {exc}"
+        policy = (env.get(POLICY_ENV) or "default").lower()
+        return env.get("CUDA_VISIBLE_DEVICES") == "", cls.configured(env), limits, error, policy
 
     # ---- background sampling ----------------------------------------------------------
 
