@@ -94,6 +94,8 @@ def test_usage_matches_the_region_and_names_the_notebooks(server: Server, two_no
         assert entry["pid"] == proc.pid and entry["identity"] == kernel_id
         (use,) = entry["devices"]
         assert use["memory_used_bytes"] == CONTEXT + held * MiB == proc.devices[0].memory_used
+        # What the driver (here the fake's NVML) attributes to the process: the same.
+        assert use["driver_memory_used_bytes"] == use["memory_used_bytes"]
         assert use["launches"] == proc.devices[0].launches
         assert entry["execution_state"] in ("idle", "busy")
         assert 0 <= entry["idle_seconds"] < 120
@@ -131,6 +133,7 @@ def test_prometheus_metrics_carry_the_same_figures(server: Server, two_notebooks
         labels = f'device_uuid="{UUID0}",kernel_id="{kernel_id}",notebook="{path}",pid="{proc.pid}"'
         assert samples[f"hami_vgpu_kernel_memory_used_bytes{{{labels}}}"] == proc.devices[0].memory_used
         assert samples[f"hami_vgpu_kernel_launches_total{{{labels}}}"] == proc.devices[0].launches
+        assert samples[f"hami_vgpu_kernel_driver_memory_used_bytes{{{labels}}}"] == proc.devices[0].memory_used
     assert "hami_vgpu_kernel_memory_limit_bytes{" + f'device_uuid="{UUID0}",kernel_id="{small}"' in text
 
 

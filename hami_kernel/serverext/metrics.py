@@ -49,6 +49,8 @@ class _ReportCollector(Collector):
         per_kernel = {
             "kernel_memory_used_bytes": ("memory_used_bytes", "VRAM the kernel's process holds on the device"),
             "kernel_memory_limit_bytes": ("memory_limit_bytes", "the kernel's own VRAM cap (absent: the slice's)"),
+            "kernel_driver_memory_used_bytes": ("driver_memory_used_bytes",
+                                                "VRAM the GPU driver attributes to the kernel's process (nvidia-smi)"),
             "kernel_compute_used_ratio": ("compute_used_ratio", "compute the kernel's process used over the last second"),
             "kernel_compute_cap_ratio": ("compute_cap_ratio", "the kernel's own compute cap (absent: the slice's)"),
         }

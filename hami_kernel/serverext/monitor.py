@@ -22,36 +22,10 @@ from ..kernel_slice import region_path as default_region_path
 from ..region import RegionError, RegionSnapshot, read_region
 from ..slice import CORES_ENV, MEMORY_ENV, DeviceLimit
 from ..status import POLICY_ENV
+from .driver import DriverView
 from .usage import KernelInfo, LaunchClock, build_report
 
 __all__ = ["SliceMonitor"]
-
-
-def _nvml_names() -> dict[str, str]:
-    """{lowercase UUID: model name} of this machine's GPUs; empty without NVML."""
-    try:
-        import pynvml  # nvidia-ml-py
-    except ImportError:
-        return {}
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no GPU: names are optional
-        return {}
-    names = {}
-    try:
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            uuid, name = pynvml.nvmlDeviceGetUUID(handle), pynvml.nvmlDeviceGetName(handle)
-            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
-            names[uuid.lower()] = name.decode() if isinstance(name, bytes) else name
-    except Exception:
-        pass
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-    return names
 
 
 class SliceMonitor(LoggingConfigurable):  # type: ignore[misc]
@@ -69,13 +43,14 @@ class SliceMonitor(LoggingConfigurable):  # type: ignore[misc]
         which tell when each kernel last launched GPU work even while nobody is looking;
         0 turns them off (then only requests read the region).""").tag(config=True)
 
-    gpu_names = Bool(True, help="""Name each GPU (its model, from NVML) in the usage report.
-        Without NVML (no driver on this machine) GPUs are shown by UUID.""").tag(config=True)
+    driver_figures = Bool(True, help="""Ask the GPU driver (NVML) for each GPU's name and the memory
+        it attributes to each process of the slice (what nvidia-smi shows), beside the slice's own
+        figures. Without NVML both are absent.""").tag(config=True)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.launches = LaunchClock()
-        self._names: dict[str, str] | None = None
+        self.driver = DriverView()
         self._sampler: PeriodicCallback | None = None
         self._env_facts: tuple[bool, bool, list[DeviceLimit], str | None, str] | None = None
 
@@ -94,13 +69,6 @@ class SliceMonitor(LoggingConfigurable):  # type: ignore[misc]
     def configured(env: Mapping[str, str]) -> bool:
         return any(value and (key == REGION_ENV or key.startswith((MEMORY_ENV, CORES_ENV)))
                    for key, value in env.items())
-
-    def device_names(self) -> dict[str, str]:
-        if not self.gpu_names:
-            return {}
-        if self._names is None:
-            self._names = _nvml_names()
-        return self._names
 
     # ---- reading --------------------------------------------------------------------
 
@@ -130,7 +98,9 @@ class SliceMonitor(LoggingConfigurable):  # type: ignore[misc]
         error = error or config_error
         return build_report(region_path=self.region_path, limits=limits, policy=policy, has_slice=has_slice,
                             snapshot=snapshot, region_error=error, kernels=kernels,
-                            device_names=self.device_names() if snapshot else {}, launches=self.launches)
+                            device_names=self.driver.names() if snapshot and self.driver_figures else {},
+                            driver_memory=self.driver.process_memory() if snapshot and self.driver_figures else {},
+                            launches=self.launches)
 
     @classmethod
     def _facts(cls, env: Mapping[str, str]) -> tuple[bool, bool, list[DeviceLimit], str | None, str]:

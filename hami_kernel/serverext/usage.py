@@ -81,7 +81,8 @@ def _limits_json(limits: Sequence[DeviceLimit]) -> list[dict[str, Any]]:
 
 def build_report(*, region_path: str, limits: Sequence[DeviceLimit], policy: str, has_slice: bool,
                  snapshot: RegionSnapshot | None, region_error: str | None, kernels: Mapping[str, KernelInfo],
-                 device_names: Mapping[str, str], launches: LaunchClock | None = None,
+                 device_names: Mapping[str, str], driver_memory: Mapping[str, Mapping[int, int]] | None = None,
+                 launches: LaunchClock | None = None,
                  now: float | None = None) -> dict[str, Any]:
     """The usage document.
 
@@ -93,6 +94,7 @@ def build_report(*, region_path: str, limits: Sequence[DeviceLimit], policy: str
     - ``ok``: the region's figures.
     """
     now = time.time() if now is None else now
+    driver_memory = driver_memory or {}
     report: dict[str, Any] = {
         "version": API_VERSION,
         "time": now,
@@ -144,6 +146,8 @@ def build_report(*, region_path: str, limits: Sequence[DeviceLimit], policy: str
                 "uuid": use.uuid,
                 "memory_used_bytes": use.memory_used,
                 "memory_limit_bytes": use.memory_limit,
+                # What the driver attributes to the process (nvidia-smi's figure); null when unknown.
+                "driver_memory_used_bytes": driver_memory.get(use.uuid.lower(), {}).get(proc.pid),
                 "compute_used_ratio": round(use.sm_share, 4),
                 "compute_cap_ratio": _ratio(use.sm_limit),
                 "launches": use.launches,
