@@ -157,6 +157,8 @@ def test_panel_opens_and_lists_the_kernels_with_their_notebooks(page: Any, lab: 
     assert "analysis.ipynb" in by_id[kernels["analysis"]] and "416 MiB" in by_id[kernels["analysis"]]
     assert "training.ipynb" in by_id[kernels["training"]] and "116 / 256 MiB" in by_id[kernels["training"]]
     assert "GPU: never" in by_id[kernels["analysis"]]  # it has launched no GPU work
+    # Beside the slice's figure, what the driver attributes to the process (here the fake's NVML).
+    assert "driver: 416 MiB" in by_id[kernels["analysis"]] and "driver: 116 MiB" in by_id[kernels["training"]]
     # A chart of VRAM and one of compute per device, drawn by uPlot.
     assert panel.locator(".jp-vgpu-chart-memory canvas").count() == 1
     assert panel.locator(".jp-vgpu-chart-compute canvas").count() == 1

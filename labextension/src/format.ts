@@ -177,10 +177,14 @@ export function kernelLabel(kernel: KernelUsage): string {
   return kernel.identity || `pid ${kernel.pid}`;
 }
 
-/** A kernel's VRAM and compute summed over its devices. */
-export function kernelTotals(kernel: KernelUsage): { memory: number; compute: number } {
-  return kernel.devices.reduce(
-    (acc, d) => ({ memory: acc.memory + d.memory_used_bytes, compute: acc.compute + d.compute_used_ratio }),
-    { memory: 0, compute: 0 }
+/** A kernel's VRAM and compute summed over its devices; `driver` is null unless the driver knows every device's. */
+export function kernelTotals(kernel: KernelUsage): { memory: number; compute: number; driver: number | null } {
+  return kernel.devices.reduce<{ memory: number; compute: number; driver: number | null }>(
+    (acc, d) => ({
+      memory: acc.memory + d.memory_used_bytes,
+      compute: acc.compute + d.compute_used_ratio,
+      driver: acc.driver === null || d.driver_memory_used_bytes === null ? null : acc.driver + d.driver_memory_used_bytes
+    }),
+    { memory: 0, compute: 0, driver: kernel.devices.length ? 0 : null }
   );
 }

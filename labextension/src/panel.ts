@@ -229,7 +229,17 @@ export class VgpuPanel extends Widget {
       name.title = [kernel.path, kernel.kernel_id ?? kernel.identity, `pid ${kernel.pid}`, kernel.kernel_name]
         .filter(Boolean).join('\n');
       const cap = kernel.devices.find(d => d.memory_limit_bytes !== null)?.memory_limit_bytes ?? null;
-      row.insertCell().textContent = cap === null ? formatBytes(totals.memory) : formatMemoryPair(totals.memory, cap);
+      const vram = row.insertCell();
+      vram.append(cap === null ? formatBytes(totals.memory) : formatMemoryPair(totals.memory, cap));
+      if (totals.driver !== null) {
+        // What the driver attributes to the process, as nvidia-smi shows it.
+        const driver = document.createElement('div');
+        driver.className = 'jp-vgpu-driver';
+        driver.textContent = this.trans.__('driver: %1', formatBytes(totals.driver));
+        vram.appendChild(driver);
+      }
+      vram.title = this.trans.__('Charged to the slice: %1; the GPU driver (nvidia-smi) attributes: %2',
+        formatBytes(totals.memory), totals.driver === null ? this.trans.__('unknown') : formatBytes(totals.driver));
       row.insertCell().textContent = formatPercent(totals.compute);
       // Idle: since the kernel last executed something, and since it last launched GPU work.
       const idle = row.insertCell();

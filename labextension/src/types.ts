@@ -31,6 +31,8 @@ export interface KernelDeviceUsage {
   uuid: string;
   memory_used_bytes: number;
   memory_limit_bytes: number | null;
+  /** What the GPU driver attributes to the process (nvidia-smi's figure); null when unknown. */
+  driver_memory_used_bytes: number | null;
   compute_used_ratio: number;
   compute_cap_ratio: number | null;
   launches: number;

@@ -97,8 +97,8 @@ test('a kernel is named by its notebook, else its kernel id', () => {
     kernel_name: 'gpu-4g', path: 'work/train.ipynb', session_type: 'notebook', execution_state: 'idle',
     idle_seconds: 3, gpu_idle_seconds: null, launches: 0,
     devices: [
-      { uuid: 'a', memory_used_bytes: 100, memory_limit_bytes: null, compute_used_ratio: 0.1, compute_cap_ratio: null, launches: 0 },
-      { uuid: 'b', memory_used_bytes: 50, memory_limit_bytes: null, compute_used_ratio: 0.2, compute_cap_ratio: null, launches: 0 }
+      { uuid: 'a', memory_used_bytes: 100, memory_limit_bytes: null, driver_memory_used_bytes: 104, compute_used_ratio: 0.1, compute_cap_ratio: null, launches: 0 },
+      { uuid: 'b', memory_used_bytes: 50, memory_limit_bytes: null, driver_memory_used_bytes: 52, compute_used_ratio: 0.2, compute_cap_ratio: null, launches: 0 }
     ]
   };
   assert.equal(kernelLabel(kernel), 'train.ipynb');
@@ -106,5 +106,9 @@ test('a kernel is named by its notebook, else its kernel id', () => {
   assert.equal(kernelLabel({ ...kernel, path: null, kernel_id: null, identity: 'batch-job' }), 'batch-job');
   const totals = kernelTotals(kernel);
   assert.equal(totals.memory, 150);
+  assert.equal(totals.driver, 156);
+  // Unknown on one device: unknown in all (never a partial sum shown as the driver's).
+  const partial = { ...kernel, devices: [kernel.devices[0], { ...kernel.devices[1], driver_memory_used_bytes: null }] };
+  assert.equal(kernelTotals(partial).driver, null);
   assert.ok(Math.abs(totals.compute - 0.3) < 1e-9);
 });
