@@ -9,8 +9,10 @@ screenshot under build/screenshots/.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -94,7 +96,8 @@ def browser(chromium: str) -> Iterator[Any]:
 def open_lab(browser: Any, server: Server) -> Any:
     """A page of JupyterLab, once the status item is there (no video, no trace)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 860})
+    # No service worker: the page's own requests are then all seen by the tests.
+    context = browser.new_context(viewport={"width": 1400, "height": 860}, service_workers="block")
     pg = context.new_page()
     pg.set_default_timeout(60_000)
     pg.goto(f"{server.url}lab?token={server.token}")
@@ -231,6 +234,60 @@ def test_dark_theme(page: Any, lab: Server) -> None:
     assert r + g + b < 3 * 100, background  # the panel follows the theme
     assert page.locator(f"{PANEL} .jp-vgpu-chart-memory canvas").count() == 1  # charts remade
     shot(page, "panel-dark")
+
+
+def wait_in_page(page: Any, what: str, check: Any, timeout: float) -> None:
+    """Like wait_for, but waiting inside Playwright, which delivers the page's events meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        page.wait_for_timeout(200)
+
+
+def usage_requests(page: Any) -> list[float]:
+    """Times of the page's requests to the usage endpoint, from now on."""
+    seen: list[float] = []
+    page.on("request", lambda request: seen.append(time.monotonic()) if "/api/vgpu/v1/usage" in request.url else None)
+    return seen
+
+
+def set_visibility(page: Any, state: str) -> None:
+    """What the browser does when the tab is hidden or shown again."""
+    page.evaluate("""state => {
+        Object.defineProperty(document, 'visibilityState', {value: state, configurable: true});
+        Object.defineProperty(document, 'hidden', {value: state === 'hidden', configurable: true});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""", state)
+
+
+def test_no_polling_while_the_tab_is_hidden(page: Any) -> None:
+    seen = usage_requests(page)
+    wait_in_page(page, "requests while visible", lambda: len(seen) >= 2, timeout=30)  # it polls
+    set_visibility(page, "hidden")
+    page.wait_for_timeout(2500)  # one more request may still go (the poll lingers once)
+    hidden_since = len(seen)
+    page.wait_for_timeout(4000)
+    assert len(seen) == hidden_since, "the status bar polled while the tab was hidden"
+    set_visibility(page, "visible")
+    wait_in_page(page, "requests once visible again", lambda: len(seen) > hidden_since, timeout=30)
+    shot(page, "visible-again")
+
+
+def test_the_refresh_interval_setting(browser: Any, lab: Server) -> None:
+    """A slower refresh interval (Settings → GPU slice) means fewer requests."""
+    settings = "lab/api/settings/hami-jupyter-vgpu:plugin"
+    lab.request("PUT", settings, {"raw": json.dumps({"refreshInterval": 5000})})
+    try:
+        pg = open_lab(browser, lab)
+        seen = usage_requests(pg)
+        pg.wait_for_timeout(8000)
+        # At 1 s there would be about 8; at 5 s at most 2 (a slower machine only makes fewer).
+        assert 1 <= len(seen) <= 3, len(seen)
+        shot(pg, "refresh-interval")
+        pg.context.close()
+    finally:
+        lab.request("PUT", settings, {"raw": "{}"})
 
 
 def test_no_slice(browser: Any, tmp_path: Path) -> None:
