@@ -48,7 +48,7 @@ class LaunchClock:
         self._seen: dict[tuple[str, int, float], tuple[int, float | None]] = {}
 
     def observe(self, snapshot: RegionSnapshot, now: float) -> None:
-        current = {}
+        current: dict[tuple[str, int, float], tuple[int, float | None]] = {}
         for proc in snapshot.processes:
             key = (proc.identity, proc.pid, proc.claimed_at)
             launches = sum(d.launches for d in proc.devices)
