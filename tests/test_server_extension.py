@@ -8,6 +8,7 @@ checked against the region libvgpu wrote.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -289,7 +290,10 @@ def corrupt(path: Path, how: str) -> None:
         data[8:12] = (REGION_SIZE + 1).to_bytes(4, "little")
     elif how == "truncated":
         data = data[:100]
-    path.write_bytes(bytes(data))
+    # Made as libvgpu makes a region (owner only), so that only its content is wrong.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(bytes(data))
 
 
 @pytest.mark.parametrize(("how", "reason"), [
