@@ -21,7 +21,7 @@ import pytest
 from cbuild import build_tests
 from hub_harness import wait_for
 from lab_harness import CONTEXT, HttpError, MiB, Server, install_spec, slice_env
-from hami_kernel.region import MAGIC, REGION_SIZE, read_region
+from hami_kernel.region import MAGIC, REGION_SIZE, VERSION, read_region
 
 GiB = 1 << 30
 UUID0 = "GPU-face0000-1020-3040-5060-708090a0b0c0"
@@ -286,7 +286,7 @@ def corrupt(path: Path, how: str) -> None:
         data[0:8] = MAGIC.to_bytes(4, "little") + (99).to_bytes(4, "little")
     elif how == "checksum":
         data[0:4] = MAGIC.to_bytes(4, "little")
-        data[4:8] = (1).to_bytes(4, "little")
+        data[4:8] = VERSION.to_bytes(4, "little")  # this release's layout, so the size is what is wrong
         data[8:12] = (REGION_SIZE + 1).to_bytes(4, "little")
     elif how == "truncated":
         data = data[:100]
