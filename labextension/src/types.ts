@@ -1,0 +1,63 @@
+/**
+ * The document `GET {base_url}api/vgpu/v1/usage` answers (hami_kernel/serverext/usage.py).
+ * Base units: bytes, and ratios of one GPU (0.3 for 30%).
+ */
+
+/** Which case the report is: see `message` for it in words. */
+export type UsageStatus = 'ok' | 'no_slice' | 'no_usage_yet' | 'region_error';
+
+export interface SliceLimit {
+  index: number;
+  memory_limit_bytes: number | null;
+  compute_cap_ratio: number | null;
+}
+
+export interface SliceInfo {
+  region: string;
+  policy: string;
+  limits: SliceLimit[];
+}
+
+export interface DeviceUsage {
+  uuid: string;
+  name: string | null;
+  memory_used_bytes: number;
+  memory_limit_bytes: number | null;
+  compute_used_ratio: number;
+  compute_cap_ratio: number | null;
+}
+
+export interface KernelDeviceUsage {
+  uuid: string;
+  memory_used_bytes: number;
+  memory_limit_bytes: number | null;
+  /** What the GPU driver attributes to the process (nvidia-smi's figure); null when unknown. */
+  driver_memory_used_bytes: number | null;
+  compute_used_ratio: number;
+  compute_cap_ratio: number | null;
+  launches: number;
+}
+
+export interface KernelUsage {
+  kernel_id: string | null;
+  identity: string;
+  pid: number;
+  kernel_name: string | null;
+  path: string | null;
+  session_type: string | null;
+  execution_state: string | null;
+  idle_seconds: number | null;
+  gpu_idle_seconds: number | null;
+  launches: number;
+  devices: KernelDeviceUsage[];
+}
+
+export interface UsageReport {
+  version: number;
+  time: number;
+  status: UsageStatus;
+  message: string;
+  slice: SliceInfo | null;
+  devices: DeviceUsage[];
+  kernels: KernelUsage[];
+}
