@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["library_path", "LibraryNotFound", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["library_path", "preload_first", "LibraryNotFound", "load_ipython_extension",
+           "unload_ipython_extension"]
 
 _LIBRARY_NAME = "libvgpu.so"
 
@@ -37,6 +38,13 @@ def library_path() -> Path:
             "reinstall hami-jupyter with 'pip install .' so the C library is built"
         )
     return path
+
+
+def preload_first(library: str, current: str | None) -> str:
+    """An LD_PRELOAD value with ``library`` first and what ``current`` named after it,
+    once each (ld.so splits the variable on spaces and colons)."""
+    rest = [p for p in (current or "").replace(" ", ":").split(":") if p and p != library]
+    return ":".join([library, *rest])
 
 
 def load_ipython_extension(ipython):  # type: ignore[no-untyped-def]

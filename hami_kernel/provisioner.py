@@ -20,7 +20,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Integer, Unicode
 
-from . import LibraryNotFound, library_path
+from . import LibraryNotFound, library_path, preload_first
 from .kernel_slice import CPU_ONLY, IDENTITY_ENV, PROCESS_CORES_ENV, PROCESS_MEMORY_ENV, REGION_ENV, SubSlice, \
     SubSliceError, cpu_only, region_path, server_limits
 
@@ -58,9 +58,8 @@ class HamiProvisioner(LocalProvisioner):  # type: ignore[misc]
         except LibraryNotFound as exc:
             # Starting the kernel without it would start it with no limits at all.
             raise RuntimeError(f"cannot start a GPU kernel: {exc}") from None
-        preload = [p for p in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if p and p != library]
         out = {
-            "LD_PRELOAD": ":".join([library, *preload]),
+            "LD_PRELOAD": preload_first(library, env.get("LD_PRELOAD")),
             REGION_ENV: region_path(env),
             IDENTITY_ENV: self.kernel_id or "",
         }

@@ -17,12 +17,10 @@ import subprocess
 import tempfile
 from typing import Any
 
-from . import LibraryNotFound, library_path
+from . import LibraryNotFound, library_path, preload_first
 from .kernel_slice import REGION_ENV
 from .slice import CORES_ENV, MEMORY_ENV, format_memory_env, parse_memory, parse_share
-
-POLICY_ENV = "GPU_CORE_UTILIZATION_POLICY"
-POLICIES = ("default", "force", "disable")
+from .status import POLICIES, POLICY_ENV
 
 
 class RunError(ValueError):
@@ -59,9 +57,7 @@ def slice_env(memory: str | None, cores: str | None, policy: str | None) -> dict
         library = str(library_path())
     except LibraryNotFound as exc:
         raise RunError(f"cannot limit the command: {exc}") from None
-    preload = [p for p in os.environ.get("LD_PRELOAD", "").replace(" ", ":").split(":")
-               if p and p != library]
-    env = {"LD_PRELOAD": ":".join([library, *preload])}
+    env = {"LD_PRELOAD": preload_first(library, os.environ.get("LD_PRELOAD"))}
     if nbytes is not None:
         env[MEMORY_ENV] = format_memory_env(nbytes)
     if share is not None and share < 100:

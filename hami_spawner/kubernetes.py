@@ -31,6 +31,7 @@ from kubernetes_asyncio.client.models import (V1DownwardAPIVolumeFile, V1Downwar
 from kubespawner import KubeSpawner
 from traitlets import Bool, Dict, Enum, Integer, Unicode
 
+from hami_kernel import preload_first
 from hami_kernel.slice import GIB, MIB, Slice, format_memory
 from hami_spawner.choice import GpuChoiceMixin, http_error
 from hami_spawner.events import translate_progress
@@ -244,10 +245,8 @@ class HamiSpawner(GpuChoiceMixin, KubeSpawner):
                 env["NVIDIA_VISIBLE_DEVICES"] = "none"
             return env
         if self.interceptor == "bundled":
-            preload = [p for p in env.get("LD_PRELOAD", "").replace(" ", ":").split(":")
-                       if p and p != self.libvgpu_path]
             env.update({"CUDA_DISABLE_CONTROL": "true", "LIBVGPU_LIBRARY": self.libvgpu_path,
-                        "LD_PRELOAD": ":".join([self.libvgpu_path, *preload])})
+                        "LD_PRELOAD": preload_first(self.libvgpu_path, env.get("LD_PRELOAD"))})
             env.update(self.gpu_profile.slice.to_env())
             if self.region_path:
                 env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = self.region_path

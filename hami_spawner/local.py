@@ -34,7 +34,7 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
 from traitlets import Bool, Unicode, default
 
-from hami_kernel import library_path
+from hami_kernel import library_path, preload_first
 from hami_kernel.kernel_slice import REGION_ENV
 from hami_kernel.slice import Slice
 from hami_spawner.accounts import AccountError, cannot_run_message, lookup, why_cannot_run
@@ -235,7 +235,7 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
         if self.default_provisioner:
             env[PROVISIONER_ENV] = self.default_provisioner
         if self.preload_server:
-            env["LD_PRELOAD"] = ":".join(p for p in (str(library_path()), env.get("LD_PRELOAD")) if p)
+            env["LD_PRELOAD"] = preload_first(str(library_path()), env.get("LD_PRELOAD"))
         return env
 
     # -- start, stop and state ----------------------------------------------------
