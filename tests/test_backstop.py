@@ -1,0 +1,286 @@
+"""The arbiter's backstop on a simulated clock, with a fake driver view, /proc and kill.
+
+Every rule of hami_arbiter.backstop: a slice over its limit by the driver's
+count has its offending process killed after the grace and not before,
+report-only never kills, a slice at its limit is left alone, a process
+outside any slice is reported and not killed, a reused pid is never killed,
+and NVML failing does not crash it.  The real processes and the real fake
+NVML are in test_backstop_e2e.py.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from traitlets import TraitError
+
+from hami_arbiter.backstop import Backstop
+from hami_arbiter.nvml import GpuProcess, GpuProcesses, NvmlError, NvmlReader
+from hami_arbiter.procinfo import GONE, KILLED, REUSED, ProcessGone, ProcIdentity, identity, kill_if_same
+from hami_kernel.backstop_events import events_file, read_events
+
+MiB, GiB = 1 << 20, 1 << 30
+PIDNS, UID = 4026531836, 1000
+
+
+@dataclass(frozen=True)
+class Slice:
+    key: str
+    memory_limit: int | None
+
+
+class Driver:
+    """What NVML would say: {gpu: {pid: bytes}}; raise_with makes every read fail."""
+
+    def __init__(self, gpus: dict[int, dict[int, int | None]]):
+        self.gpus = gpus
+        self.raise_with: Exception | None = None
+        self.lost: set[int] = set()
+
+    def read(self) -> list[GpuProcesses]:
+        if self.raise_with is not None:
+            raise self.raise_with
+        return [GpuProcesses(i, f"GPU-{i}", error=f"GPU {i}: GPU is lost") if i in self.lost else
+                GpuProcesses(i, f"GPU-{i}", tuple(GpuProcess(pid, used) for pid, used in procs.items()))
+                for i, procs in sorted(self.gpus.items())]
+
+
+class Procs:
+    """A fake /proc: pid -> start time; missing pids are gone, `unreadable` ones raise EACCES."""
+
+    def __init__(self, starts: dict[int, int]):
+        self.starts = dict(starts)
+        self.unreadable: set[int] = set()
+        self.kills: list[tuple[int, int]] = []
+
+    def identify(self, pid: int) -> ProcIdentity:
+        if pid in self.unreadable:
+            raise PermissionError(13, "Permission denied")
+        if pid not in self.starts:
+            raise ProcessGone(pid)
+        return ProcIdentity(pid=pid, start=self.starts[pid], comm=f"proc{pid}", uid=UID, pidns=PIDNS, nspid=pid - 1000)
+
+    def kill(self, pid: int, start: int) -> str:
+        self.kills.append((pid, start))
+        if self.starts.get(pid) is None:
+            return GONE
+        if self.starts[pid] != start:
+            return REUSED
+        return KILLED
+
+
+SLICES = {101: Slice("alice", 1 * GiB), 102: Slice("alice", 1 * GiB), 201: Slice("bob", 2 * GiB),
+          301: Slice("carol", None)}
+
+
+def make(tmp_path: Path, driver: Driver, procs: Procs, **kwargs: object) -> Backstop:
+    return Backstop(SLICES.get, kwargs.pop("action", "kill"), kwargs.pop("grace", 1.0), nvml=driver,
+                    kill=procs.kill, identify=procs.identify, wall=lambda: 1_800_000_000.0,
+                    events_dir=str(tmp_path / "events"), **kwargs)
+
+
+def events(tmp_path: Path) -> list:
+    return read_events(events_file(tmp_path / "events", PIDNS, UID), limit=100)
+
+
+def test_a_slice_over_its_limit_loses_its_largest_process_after_the_grace_and_not_before(tmp_path, caplog):
+    driver = Driver({0: {101: 400 * MiB, 102: 700 * MiB, 201: 1 * GiB}})
+    procs = Procs({101: 5000, 102: 6000, 201: 7000})
+    backstop = make(tmp_path, driver, procs)
+    with caplog.at_level(logging.INFO, logger="hami_arbiter.backstop"):
+        for now in (0.0, 0.25, 0.5, 0.75, 0.999):
+            backstop.tick(now)
+            assert procs.kills == [], f"killed at {now} s, inside the 1 s grace"
+        # Reported at once, in the log and for the slice's users.
+        assert [e.action for e in events(tmp_path)] == ["over"]
+        assert "GPU 0 slice alice" in caplog.text and "1.07 GiB of its 1 GiB" in caplog.text
+        backstop.tick(1.0)
+    assert procs.kills == [(102, 6000)]  # alice's largest; bob (2 GiB slice, 1 GiB used) is untouched
+    killed = events(tmp_path)[-1]
+    assert (killed.action, killed.pid, killed.gpu, killed.process_used) == ("killed", 102 - 1000, 0, 700 * MiB)
+    assert "killed proc102" in killed.message
+    # The driver still lists 102 while it frees its memory: that must not cost 101 its life.
+    for now in (1.25, 2.5, 5.0):
+        backstop.tick(now)
+    assert procs.kills == [(102, 6000)]
+
+
+def test_a_slice_still_over_after_a_kill_loses_the_next_one_after_another_grace(tmp_path):
+    driver = Driver({0: {101: 800 * MiB, 102: 900 * MiB}})
+    procs = Procs({101: 5000, 102: 6000})
+    backstop = make(tmp_path, driver, procs, grace=0.5)
+    backstop.tick(0.0)
+    backstop.tick(0.5)
+    assert procs.kills == [(102, 6000)]
+    driver.gpus[0][103] = 500 * MiB  # another process of alice arrives: 800 + 500 MiB, over again
+    procs.starts[103] = 6500
+    SLICES[103] = Slice("alice", 1 * GiB)
+    try:
+        backstop.tick(0.75)
+        assert procs.kills == [(102, 6000)], "the next kill waits out a fresh grace"
+        backstop.tick(1.0)
+        assert procs.kills == [(102, 6000), (101, 5000)]
+    finally:
+        del SLICES[103]
+
+
+def test_report_only_never_kills(tmp_path, caplog):
+    driver = Driver({0: {101: 2 * GiB}})
+    procs = Procs({101: 5000})
+    backstop = make(tmp_path, driver, procs, action="report")
+    with caplog.at_level(logging.WARNING, logger="hami_arbiter.backstop"):
+        for step in range(100):
+            backstop.tick(step * 0.25)
+    assert procs.kills == []
+    assert [e.action for e in events(tmp_path)] == ["over"]
+    assert "report only: nothing is killed" in events(tmp_path)[0].message
+    assert caplog.text.count("slice alice") == 1  # reported once, not every pass
+
+
+def test_a_slice_at_its_limit_is_untouched(tmp_path, caplog):
+    driver = Driver({0: {101: 300 * MiB, 102: 724 * MiB}, 1: {201: 2 * GiB, 301: 50 * GiB}})
+    procs = Procs({101: 5000, 102: 6000, 201: 7000, 301: 8000})
+    backstop = make(tmp_path, driver, procs)
+    with caplog.at_level(logging.INFO, logger="hami_arbiter.backstop"):
+        for step in range(20):
+            backstop.tick(step * 0.5)
+    assert procs.kills == [] and events(tmp_path) == [] and caplog.text == ""
+
+
+def test_the_limit_is_per_gpu(tmp_path):
+    # 700 MiB on each of two GPUs is within a 1 GiB-per-GPU slice.
+    driver = Driver({0: {101: 700 * MiB}, 1: {101: 700 * MiB}})
+    procs = Procs({101: 5000})
+    backstop = make(tmp_path, driver, procs)
+    for step in range(10):
+        backstop.tick(step * 0.5)
+    assert procs.kills == []
+
+
+def test_a_process_outside_any_slice_is_reported_once_and_not_killed(tmp_path, caplog):
+    driver = Driver({0: {999: 60 * GiB}})
+    procs = Procs({999: 4000})
+    backstop = make(tmp_path, driver, procs)
+    with caplog.at_level(logging.WARNING, logger="hami_arbiter.backstop"):
+        for step in range(40):
+            backstop.tick(step * 0.25)
+    assert procs.kills == []
+    assert caplog.text.count("pid 999 (proc999) holds 60 GiB outside any slice; reported, not killed") == 1
+
+
+def test_outside_kill_is_an_admin_choice(tmp_path):
+    driver = Driver({0: {999: 60 * GiB}})
+    procs = Procs({999: 4000})
+    backstop = make(tmp_path, driver, procs, outside="kill")
+    backstop.tick(0.0)
+    backstop.tick(0.9)
+    assert procs.kills == []
+    backstop.tick(1.0)
+    assert procs.kills == [(999, 4000)]
+    # With action "report", "outside" cannot kill either.
+    procs2 = Procs({999: 4000})
+    report = make(tmp_path, driver, procs2, action="report", outside="kill")
+    for step in range(10):
+        report.tick(step * 0.5)
+    assert procs2.kills == []
+
+
+def test_a_reused_pid_is_not_killed(tmp_path, caplog):
+    driver = Driver({0: {101: 2 * GiB}})
+    procs = Procs({101: 5000})
+    backstop = make(tmp_path, driver, procs)
+    backstop.tick(0.0)
+    # The process first seen as 101 exits and the pid goes to another process before
+    # the driver has dropped the dead one's entry.
+    procs.starts[101] = 9000
+    with caplog.at_level(logging.WARNING, logger="hami_arbiter.backstop"):
+        for step in range(1, 20):
+            backstop.tick(step * 0.25)
+    assert procs.kills == []
+    assert "pid 101 is now another process" in caplog.text
+
+
+def test_unreadable_and_vanished_processes_are_never_killed(tmp_path, caplog):
+    driver = Driver({0: {101: 2 * GiB, 102: 100 * MiB}})
+    procs = Procs({101: 5000})  # 102 has exited: the driver still lists it while freeing its memory
+    procs.unreadable.add(101)
+    backstop = make(tmp_path, driver, procs)
+    with caplog.at_level(logging.WARNING, logger="hami_arbiter.backstop"):
+        for step in range(10):
+            backstop.tick(step * 0.5)
+    assert procs.kills == []
+    assert "can be identified safely, so nothing is killed" in caplog.text
+    assert caplog.text.count("cannot read /proc/101") == 1
+    # Once /proc can be read, 101 is a process like any other (first seen now), and goes after the grace.
+    procs.unreadable.clear()
+    backstop.tick(5.0)
+    backstop.tick(6.0)
+    assert procs.kills == [(101, 5000)]
+
+
+def test_nvml_failures_cost_one_log_line_and_a_retry(tmp_path, caplog):
+    driver = Driver({0: {101: 2 * GiB}, 1: {201: 3 * GiB}})
+    procs = Procs({101: 5000, 201: 7000})
+    backstop = make(tmp_path, driver, procs)
+    driver.raise_with = NvmlError("NVML failed to initialise: Driver Not Loaded")
+    with caplog.at_level(logging.INFO, logger="hami_arbiter.backstop"):
+        for step in range(10):
+            backstop.tick(step * 0.5)
+        assert caplog.text.count("Driver Not Loaded") == 1 and procs.kills == []
+        driver.raise_with = RuntimeError("a broken binding")  # not even an NvmlError: still no crash
+        backstop.tick(5.0)
+        driver.raise_with = None
+        driver.lost = {1}  # GPU 1 fell off the bus; GPU 0 is still watched
+        backstop.tick(6.0)
+        assert "NVML answers again" in caplog.text and "GPU 1: GPU is lost" in caplog.text
+        assert procs.kills == []  # the grace starts when it is seen over, not before
+        backstop.tick(7.0)
+    assert procs.kills == [(101, 5000)]
+
+
+def test_a_resolver_that_raises_is_contained(tmp_path, caplog):
+    driver = Driver({0: {101: 2 * GiB}})
+    procs = Procs({101: 5000})
+
+    def broken(pid: int) -> None:
+        raise OSError("cannot read the slice file")
+
+    backstop = Backstop(broken, "kill", nvml=driver, kill=procs.kill, identify=procs.identify, events_dir="")
+    with caplog.at_level(logging.WARNING, logger="hami_arbiter.backstop"):
+        for step in range(10):
+            backstop.tick(step * 0.5)
+    assert procs.kills == [] and caplog.text.count("cannot tell the slice of pid 101") == 1
+
+
+def test_missing_nvml_library_fails_closed(tmp_path):
+    reader = NvmlReader(str(tmp_path / "libnvidia-ml.so.1"))
+    with pytest.raises(NvmlError, match="cannot load NVML"):
+        reader.read()
+    backstop = Backstop(SLICES.get, nvml=reader, events_dir="")
+    backstop.tick(0.0)  # logs, does not raise
+
+
+@pytest.mark.parametrize("grace", [-1.0, 61.0, float("nan"), float("inf")])
+def test_bad_grace_is_refused(grace):
+    with pytest.raises(TraitError, match="grace"):
+        Backstop(SLICES.get, "kill", grace, nvml=Driver({}), events_dir="")
+
+
+def test_kill_if_same_spares_a_process_whose_start_time_differs():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        me = identity(child.pid)
+        assert kill_if_same(child.pid, me.start + 1) == REUSED
+        assert child.poll() is None, "a process with another start time was signalled"
+        assert kill_if_same(child.pid, me.start) == KILLED
+        assert child.wait(timeout=10) == -9
+        with pytest.raises(ProcessGone):
+            identity(child.pid)  # reaped now
+        assert kill_if_same(child.pid, me.start) == GONE
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
