@@ -8,7 +8,10 @@ on each GPU, asks the arbiter which slice each pid is in (``slice_of``), and
 sums the memory the driver says each slice's processes hold there.
 
 - **A slice over its limit** on a GPU is reported at once: one line in the
-  daemon's log and an event for the slice's users (below).
+  daemon's log and an event for the slice's users (below).  "Over" allows
+  ``slack`` (128 MiB) per process of the slice on that GPU: memory the
+  driver holds for a process that libvgpu does not charge (kernel code
+  loaded after its context was measured, the driver's rounding).
 - **With action "kill"** (the default), if the slice is still over after the
   grace (``grace``, 1 s), its *offending process* is SIGKILLed: of the
   slice's processes on that GPU, the one holding the most memory there (of
@@ -96,6 +99,14 @@ class Backstop(LoggingConfigurable):
         Processes on a GPU that belong to no slice: "report" logs each once
         and never kills it; "kill" (with action "kill") kills them after the
         grace, for nodes where every GPU user must be in a slice.
+        """).tag(config=True)
+    slack = Integer(128 << 20, min=0, help="""
+        Bytes per process of the slice on a GPU by which the driver's count
+        may exceed the slice's limit before the backstop acts: memory the
+        driver holds for a process that libvgpu does not charge to the slice
+        (kernel code loaded lazily after the context was measured, the
+        driver's rounding of allocations).  An escaped process is over by far
+        more.  0: act on any excess.
         """).tag(config=True)
     interval = Float(0.25, help="Seconds between passes of run(); well under the grace.").tag(config=True)
     events_dir = Unicode(EVENTS_DIR, help="""
@@ -246,7 +257,7 @@ class Backstop(LoggingConfigurable):
                 if not (who is not None and same and (p.pid, who.start) in self._killed)]
         used = sum(p.used or 0 for p, _, _ in live)
         state = (gpu.index, key)
-        if limit is None or used <= limit:
+        if limit is None or used <= limit + self.slack * len(live):
             if self._over.pop(state, None) is not None:
                 self.log.info("backstop: GPU %d slice %s: back within its limit (%s of %s)", gpu.index, key,
                               _size(used), _size(limit) if limit is not None else "no limit")

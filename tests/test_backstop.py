@@ -77,6 +77,7 @@ SLICES = {101: Slice("alice", 1 * GiB), 102: Slice("alice", 1 * GiB), 201: Slice
 
 
 def make(tmp_path: Path, driver: Driver, procs: Procs, **kwargs: object) -> Backstop:
+    kwargs.setdefault("slack", 0)  # exact boundaries; the slack has its own test
     return Backstop(SLICES.get, kwargs.pop("action", "kill"), kwargs.pop("grace", 1.0), nvml=driver,
                     kill=procs.kill, identify=procs.identify, wall=lambda: 1_800_000_000.0,
                     events_dir=str(tmp_path / "events"), **kwargs)
@@ -148,6 +149,21 @@ def test_a_slice_at_its_limit_is_untouched(tmp_path, caplog):
         for step in range(20):
             backstop.tick(step * 0.5)
     assert procs.kills == [] and events(tmp_path) == [] and caplog.text == ""
+
+
+def test_the_slack_is_per_process_of_the_slice(tmp_path):
+    # Two processes of a 1 GiB slice, 100 MiB over by the driver's count: within 2 x 64 MiB
+    # of memory libvgpu does not charge; 130 MiB over is not.
+    driver = Driver({0: {101: 500 * MiB, 102: 624 * MiB}})
+    procs = Procs({101: 5000, 102: 6000})
+    backstop = make(tmp_path, driver, procs, slack=64 * MiB)
+    for step in range(10):
+        backstop.tick(step * 0.5)
+    assert procs.kills == []
+    driver.gpus[0][102] = 654 * MiB
+    backstop.tick(5.0)
+    backstop.tick(6.0)
+    assert procs.kills == [(102, 6000)]
 
 
 def test_the_limit_is_per_gpu(tmp_path):
