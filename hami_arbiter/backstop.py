@@ -48,7 +48,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Protocol
 
 from traitlets import Enum, Float, Integer, Unicode, validate, TraitError
@@ -61,7 +63,7 @@ from .events import EventWriter
 from .nvml import GpuProcess, GpuProcesses, NvmlReader
 from .procinfo import GONE, KILLED, ProcessGone, ProcIdentity, identity, kill_if_same
 
-__all__ = ["SliceLike", "Backstop"]
+__all__ = ["SliceLike", "Backstop", "from_options"]
 
 
 class SliceLike(Protocol):
@@ -80,6 +82,20 @@ _PER_PID = ("unreadable", "reused", "no-usage", "resolve")
 
 def _size(nbytes: int) -> str:
     return format_memory(nbytes) if nbytes > 0 else "0 B"
+
+
+def from_options(slice_of: Callable[[int], Optional[SliceLike]], mode: str, grace: float,
+                 socket_dir: str, **kwargs: object) -> Optional["Backstop"]:
+    """The backstop for ``hami-arbiter --backstop MODE --backstop-grace GRACE --socket-dir DIR``:
+    None for "off"; events under DIR/events (what GPU pods mount).  ValueError for a bad option."""
+    if mode == "off":
+        return None
+    if mode not in ("kill", "report"):
+        raise ValueError(f"--backstop must be kill, report or off, not {mode!r}")
+    try:
+        return Backstop(slice_of, mode, grace, events_dir=os.path.join(socket_dir, "events"), **kwargs)
+    except TraitError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class Backstop(LoggingConfigurable):
@@ -109,6 +125,10 @@ class Backstop(LoggingConfigurable):
         more.  0: act on any excess.
         """).tag(config=True)
     interval = Float(0.25, help="Seconds between passes of run(); well under the grace.").tag(config=True)
+    nvml_timeout = Float(10.0, help="""
+        Seconds after which a read of NVML that has not returned is logged
+        (once; the backstop checks nothing until the driver answers).
+        """).tag(config=True)
     events_dir = Unicode(EVENTS_DIR, help="""
         Where the events for the slices' users are written (one file per PID
         namespace and user); GPU pods must see it, read-only, at the same path
@@ -154,25 +174,59 @@ class Backstop(LoggingConfigurable):
     # ---- the loop ---------------------------------------------------------------------
 
     async def run(self, interval: Optional[float] = None) -> None:
-        """Ticks until cancelled.  Nothing a pass raises stops it: one log line, and the next pass."""
+        """Passes until cancelled.  NVML is read in a thread of its own, so that a driver that
+        hangs (a GPU falling off the bus) never stalls the event loop the arbiter serves its
+        clients on; the rest of a pass (/proc, the resolver, kills, events) runs in the loop.
+        Nothing a pass raises stops it: one log line, and the next pass."""
         interval = self.interval if interval is None else interval
+        loop = asyncio.get_running_loop()
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backstop-nvml")
+        try:
+            while True:
+                try:
+                    gpus = await self._read_patiently(loop, reader)
+                    self.check(self.clock(), gpus)
+                except Exception as exc:  # a bug must not take the backstop down with it
+                    self._once(("crash", type(exc).__name__, str(exc)), logging.ERROR,
+                               "backstop: a pass failed (%s: %s); carrying on", type(exc).__name__, exc)
+                await asyncio.sleep(interval)
+        finally:
+            reader.shutdown(wait=False)  # a read stuck in the driver must not hold up the daemon's exit
+
+    async def _read_patiently(self, loop: asyncio.AbstractEventLoop,
+                              reader: ThreadPoolExecutor) -> Optional[list[GpuProcesses]]:
+        """NVML's view from the reader thread; says once if the driver takes longer than nvml_timeout."""
+        pending = loop.run_in_executor(reader, self._read)
+        waited = 0.0
         while True:
-            try:
-                self.tick(self.clock())
-            except Exception as exc:  # a bug must not take the backstop down with it
-                self._once(("crash", type(exc).__name__, str(exc)), logging.ERROR,
-                           "backstop: a pass failed (%s: %s); carrying on", type(exc).__name__, exc)
-            await asyncio.sleep(interval)
+            done, _ = await asyncio.wait({pending}, timeout=self.nvml_timeout)
+            if done:
+                if waited:
+                    self.log.warning("backstop: NVML answered after %.0f s", waited)
+                return pending.result()
+            if not waited:
+                self.log.error("backstop: NVML has not answered for %g s; nothing is checked until it does",
+                               self.nvml_timeout)
+            waited += self.nvml_timeout
 
     def tick(self, now: float) -> None:
         """One pass over every GPU at time ``now`` (seconds, the clock's)."""
+        self.check(now, self._read())
+
+    def _read(self) -> Optional[list[GpuProcesses]]:
+        """NVML's view, or None (after one log line per distinct failure) if it cannot be had."""
         try:
-            gpus = self.nvml.read()  # type: ignore[attr-defined]
+            return list(self.nvml.read())  # type: ignore[attr-defined]
         except Exception as exc:  # NvmlError, or anything a broken library throws
             message = str(exc) or type(exc).__name__
             if message != self._nvml_error:
                 self.log.error("backstop: %s; nothing is checked until NVML answers (retrying every pass)", message)
             self._nvml_error = message
+            return None
+
+    def check(self, now: float, gpus: Optional[list[GpuProcesses]]) -> None:
+        """One pass over NVML's view ``gpus`` (None: NVML could not be read) at time ``now``."""
+        if gpus is None:
             self._over.clear()  # not seeing is not being over: a grace starts afresh afterwards
             return
         if self._nvml_error is not None:
@@ -283,7 +337,7 @@ class Backstop(LoggingConfigurable):
         if self.action != "kill" or now - since < self.grace or victim is None:
             return
         proc, who = victim
-        result = self.kill(proc.pid, who.start)
+        result = self._kill(proc.pid, who.start)
         if result == KILLED or result == GONE:
             self._killed.add((proc.pid, who.start))
             self._over[state] = now  # the next one only after another grace
@@ -308,12 +362,18 @@ class Backstop(LoggingConfigurable):
         if (self.outside != "kill" or self.action != "kill" or who is None or now - first < self.grace
                 or (proc.pid, who.start) in self._killed or (proc.pid, who.start) in self._unkillable):
             return
-        result = self.kill(proc.pid, who.start)
+        result = self._kill(proc.pid, who.start)
         if result in (KILLED, GONE):
             self._killed.add((proc.pid, who.start))
         else:
             self._unkillable.add((proc.pid, who.start))
         self.log.warning("backstop: GPU %d: pid %d (%s) outside any slice: %s", gpu.index, proc.pid, who.comm, result)
+
+    def _kill(self, pid: int, start: int) -> str:
+        try:
+            return self.kill(pid, start)
+        except Exception as exc:  # kill_if_same does not raise; a replacement might
+            return f"failed ({exc})"
 
     # ---- telling ------------------------------------------------------------------------
 

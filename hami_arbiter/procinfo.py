@@ -36,7 +36,7 @@ class ProcIdentity:
     pid: int
     start: int  # clock ticks after boot: with the pid, the process's name
     comm: str
-    uid: int | None = None  # real uid; None if /proc/<pid>/status could not be read
+    uid: int | None = None  # real uid in its own user namespace; None if it could not be read
     pidns: int | None = None  # inode of its PID namespace (/proc/<pid>/ns/pid)
     nspid: int | None = None  # its pid as its own namespace numbers it
 
@@ -84,9 +84,23 @@ def identity(pid: int, proc: str = "/proc") -> ProcIdentity:
             elif name == "NSpid" and value.split():
                 nspid = int(value.split()[-1])
         pidns = os.stat(f"{proc}/{pid}/ns/pid").st_ino
+        if uid is not None:
+            uid = _uid_inside(uid, _read(f"{proc}/{pid}/uid_map"))
     except (OSError, ValueError):
         pass  # the extras only address the event to the slice's users
     return ProcIdentity(pid=pid, start=int(rest[19]), comm=comm, uid=uid, pidns=pidns, nspid=nspid)
+
+
+def _uid_inside(uid: int, uid_map: str) -> int | None:
+    """The uid as the process's own user namespace numbers it (what its getuid() says), from
+    the host's; the same number where there is no user namespace (the map "0 0 4294967295")."""
+    for line in uid_map.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and all(f.isdigit() for f in fields):
+            inside, outside, count = map(int, fields)
+            if outside <= uid < outside + count:
+                return inside + uid - outside
+    return None
 
 
 def _start_time(pid: int, proc: str) -> int:

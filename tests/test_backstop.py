@@ -61,7 +61,7 @@ class Procs:
             raise PermissionError(13, "Permission denied")
         if pid not in self.starts:
             raise ProcessGone(pid)
-        return ProcIdentity(pid=pid, start=self.starts[pid], comm=f"proc{pid}", uid=UID, pidns=PIDNS, nspid=pid - 1000)
+        return ProcIdentity(pid=pid, start=self.starts[pid], comm=f"proc{pid}", uid=UID, pidns=PIDNS, nspid=pid % 100 + 1)  # as a container numbers it
 
     def kill(self, pid: int, start: int) -> str:
         self.kills.append((pid, start))
@@ -78,8 +78,9 @@ SLICES = {101: Slice("alice", 1 * GiB), 102: Slice("alice", 1 * GiB), 201: Slice
 
 def make(tmp_path: Path, driver: Driver, procs: Procs, **kwargs: object) -> Backstop:
     kwargs.setdefault("slack", 0)  # exact boundaries; the slack has its own test
+    kwargs.setdefault("kill", procs.kill)
     return Backstop(SLICES.get, kwargs.pop("action", "kill"), kwargs.pop("grace", 1.0), nvml=driver,
-                    kill=procs.kill, identify=procs.identify, wall=lambda: 1_800_000_000.0,
+                    identify=procs.identify, wall=lambda: 1_800_000_000.0,
                     events_dir=str(tmp_path / "events"), **kwargs)
 
 
@@ -101,7 +102,7 @@ def test_a_slice_over_its_limit_loses_its_largest_process_after_the_grace_and_no
         backstop.tick(1.0)
     assert procs.kills == [(102, 6000)]  # alice's largest; bob (2 GiB slice, 1 GiB used) is untouched
     killed = events(tmp_path)[-1]
-    assert (killed.action, killed.pid, killed.gpu, killed.process_used) == ("killed", 102 - 1000, 0, 700 * MiB)
+    assert (killed.action, killed.pid, killed.gpu, killed.process_used) == ("killed", 3, 0, 700 * MiB)
     assert "killed proc102" in killed.message
     # The driver still lists 102 while it frees its memory: that must not cost 101 its life.
     for now in (1.25, 2.5, 5.0):
@@ -300,3 +301,121 @@ def test_kill_if_same_spares_a_process_whose_start_time_differs():
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+class SteppingClock:
+    """A simulated clock that moves 0.25 s each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = -0.25
+
+    def __call__(self) -> float:
+        self.now += 0.25
+        return self.now
+
+
+def test_the_loop_survives_failing_passes_and_kills_on_its_clock(tmp_path, caplog):
+    import asyncio
+
+    class Garbled(Driver):
+        """Two passes of nonsense (a broken binding), then the driver's view."""
+
+        def __init__(self) -> None:
+            super().__init__({0: {101: 2 * GiB}})
+            self.garbled = 2
+
+        def read(self) -> list:
+            if self.garbled:
+                self.garbled -= 1
+                return [None]
+            return super().read()
+
+    procs = Procs({101: 5000})
+    clock = SteppingClock()
+    backstop = Backstop(SLICES.get, "kill", 1.0, nvml=Garbled(), kill=procs.kill, identify=procs.identify,
+                        clock=clock, events_dir="", slack=0)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(backstop.run(0.001))
+        for _ in range(2000):
+            if procs.kills:
+                break
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.ERROR, logger="hami_arbiter.backstop"):
+        asyncio.run(main())
+    assert caplog.text.count("a pass failed (AttributeError") == 1
+    assert procs.kills == [(101, 5000)]
+    # The first pass that saw the driver was at 0.5 s on the clock: the kill came one grace later.
+    assert clock.now == 1.5
+
+
+def test_a_kill_that_raises_is_contained(tmp_path):
+    driver = Driver({0: {101: 2 * GiB}})
+    procs = Procs({101: 5000})
+
+    def kill(pid: int, start: int) -> str:
+        raise PermissionError(1, "Operation not permitted")
+
+    backstop = make(tmp_path, driver, procs, kill=kill)
+    for step in range(8):
+        backstop.tick(step * 0.5)
+    assert [e.action for e in events(tmp_path)] == ["over", "kill-failed"]
+    assert "Operation not permitted" in events(tmp_path)[-1].message
+
+
+def test_a_driver_that_hangs_is_said_once_and_never_stalls_the_loop(tmp_path, caplog):
+    import asyncio
+    import threading
+
+    release = threading.Event()
+
+    class Hanging:
+        def read(self) -> list[GpuProcesses]:
+            release.wait(10)
+            return []
+
+    backstop = Backstop(SLICES.get, nvml=Hanging(), events_dir="", nvml_timeout=0.05)
+    ticks = 0
+
+    async def main() -> None:
+        nonlocal ticks
+        task = asyncio.ensure_future(backstop.run(0.01))
+        for _ in range(30):  # the loop keeps running while the read hangs
+            await asyncio.sleep(0.01)
+            ticks += 1
+        release.set()
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="hami_arbiter.backstop"):
+        asyncio.run(main())
+    assert ticks == 30
+    assert caplog.text.count("NVML has not answered for 0.05 s") == 1
+    assert "NVML answered after" in caplog.text
+
+
+def test_the_command_line_options():
+    from hami_arbiter.backstop import from_options
+
+    assert from_options(SLICES.get, "off", 1.0, "/run/x") is None
+    made = from_options(SLICES.get, "report", 0.5, "/run/x", nvml=Driver({}))
+    assert (made.action, made.grace, made.events_dir) == ("report", 0.5, "/run/x/events")
+    with pytest.raises(ValueError, match="kill, report or off"):
+        from_options(SLICES.get, "maybe", 1.0, "/run/x")
+    with pytest.raises(ValueError, match="grace"):
+        from_options(SLICES.get, "kill", -1, "/run/x", nvml=Driver({}))
+
+
+def test_identity_names_a_process_as_its_own_namespace_does():
+    import os
+
+    from hami_arbiter.procinfo import _uid_inside
+
+    me = identity(os.getpid())
+    assert (me.uid, me.nspid, me.pidns) == (os.getuid(), os.getpid(), os.stat("/proc/self/ns/pid").st_ino)
+    assert _uid_inside(101000, "0 100000 65536\n") == 1000  # a user namespace's map
+    assert _uid_inside(5, "0 100000 65536") is None
