@@ -61,7 +61,9 @@ class Procs:
             raise PermissionError(13, "Permission denied")
         if pid not in self.starts:
             raise ProcessGone(pid)
-        return ProcIdentity(pid=pid, start=self.starts[pid], comm=f"proc{pid}", uid=UID, pidns=PIDNS, nspid=pid % 100 + 1)  # as a container numbers it
+        # nspid: as a container would number it.
+        return ProcIdentity(pid=pid, start=self.starts[pid], comm=f"proc{pid}", uid=UID, pidns=PIDNS,
+                            nspid=pid % 100 + 1)
 
     def kill(self, pid: int, start: int) -> str:
         self.kills.append((pid, start))

@@ -106,3 +106,38 @@ def test_an_escaped_process_over_its_slice_is_killed_and_its_users_see_it(fakedr
         assert f"killed sleep (pid {victim.pid})" in shown["text/html"]
     finally:
         vgpu_ipython.unload_ipython_extension(ip)
+
+
+READER = textwrap.dedent("""
+    import ctypes, json, os, sys
+    from hami_arbiter.nvml import NvmlReader
+    fakedrv, pid = sys.argv[1], int(sys.argv[2])
+    cuda = ctypes.CDLL(fakedrv + "/libcuda.so.1")
+    cuda.fake_cuda_charge_pid.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_ulonglong]
+    assert cuda.fake_cuda_charge_pid(1, pid, 300 << 20) == 0
+    assert cuda.fake_cuda_charge_pid(1, pid, 200 << 20) == 0
+    assert cuda.fake_cuda_charge_pid(0, os.getpid(), 64 << 20) == 0
+    assert cuda.fake_cuda_charge_pid(0, pid, 1 << 40) == -1  # more than the GPU has
+    gpus = NvmlReader(fakedrv + "/libnvidia-ml.so.1").read()
+    print(json.dumps([[g.index, g.uuid, g.error, [[p.pid, p.used] for p in g.processes]] for g in gpus]))
+""")
+
+
+def test_the_nvml_reader_lists_each_gpus_processes_from_the_driver(fakedrv, tmp_path):
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", READER, str(fakedrv), str(other.pid)],
+            env={"PATH": "/usr/bin:/bin", "FAKE_CUDA_STATE": str(tmp_path / "fake.state"),
+                 "FAKE_CUDA_DEVICE_COUNT": "2", "FAKE_CUDA_DEVICE_MEMORY": "8g", "PYTHONPATH": ":".join(sys.path)},
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        gpus = json.loads(done.stdout)
+        assert [g[0] for g in gpus] == [0, 1] and all(g[2] is None for g in gpus)
+        assert gpus[1][1] == "GPU-face0001-1020-3040-5060-708090a0b0c0"
+        assert gpus[1][3] == [[other.pid, 500 << 20]]
+        [[reader_pid, used]] = gpus[0][3]
+        assert reader_pid != other.pid and used == 64 << 20
+    finally:
+        other.kill()
+        other.wait()
