@@ -29,8 +29,9 @@ sums the memory the driver says each slice's processes hold there.
 - **A slice at its limit**, or one with no memory limit, is left alone.
 
 A process is always named by its pid *and* start time: a pid whose process
-changed since the backstop first saw it on the GPU (pid reuse) is never
-killed, nor is one whose ``/proc`` cannot be read, and the kill itself goes
+changed since the backstop first saw it on the GPU (pid reuse) is neither
+counted (its memory is a dead process's) nor killed, nor is one whose
+``/proc`` cannot be read killed, and the kill itself goes
 through a pidfd checked against the start time
 (:func:`hami_arbiter.procinfo.kill_if_same`).  A process that has exited is
 skipped: its memory is the driver's to free.  NVML failing (no library, GPU
@@ -272,7 +273,7 @@ class Backstop(LoggingConfigurable):
         if first.start != now.start:
             self._once(("reused", pid, now.start), logging.WARNING,
                        "backstop: pid %d is now another process (%s) than the one first seen on the GPU (%s): "
-                       "it is never killed while the driver lists that pid", pid, now.comm, first.comm)
+                       "neither counted nor killed while the driver lists that pid", pid, now.comm, first.comm)
             return now, False
         return now, True
 
@@ -282,6 +283,11 @@ class Backstop(LoggingConfigurable):
             try:
                 who, same = self._who(proc.pid)
             except ProcessGone:
+                continue
+            if who is not None and not same:
+                # A reused pid: the memory is a dead process's, and the slice the resolver
+                # would give is the new process's.  Counting it anywhere could cost an
+                # innocent process its life; the driver frees it soon.
                 continue
             if proc.used is None:
                 self._once(("no-usage", proc.pid), logging.WARNING,
