@@ -28,21 +28,26 @@ sums the memory the driver says each slice's processes hold there.
   after the grace.
 - **A slice at its limit**, or one with no memory limit, is left alone.
 
-A process is always named by its pid *and* start time: a pid whose process
-changed since the backstop first saw it on the GPU (pid reuse) is neither
-counted (its memory is a dead process's) nor killed, nor is one whose
-``/proc`` cannot be read killed, and the kill itself goes
-through a pidfd checked against the start time
+A process is always named by its pid *and* start time.  A pid whose
+process changed since the backstop first saw it on the GPU (pid reuse) is
+neither counted (its memory is a dead process's) nor killed; one whose
+``/proc`` cannot be read is counted but never killed; and the kill itself
+goes through a pidfd checked against the start time
 (:func:`hami_arbiter.procinfo.kill_if_same`).  A process that has exited is
 skipped: its memory is the driver's to free.  NVML failing (no library, GPU
-lost, driver reload) costs one log line and a retry on the next pass; the
-backstop never crashes and, not seeing, never kills.
+lost, driver reload) costs one log line and a retry on the next pass, and
+a driver that hangs is read in a thread of its own; the backstop never
+crashes and, not seeing, never kills.
 
 **Where users see it**: each event is written to
 ``<events_dir>/pidns-<inode>/uid-<uid>.jsonl`` for every PID namespace and
 user of the slice's processes (:mod:`hami_kernel.backstop_events`), in the
 arbiter's directory that GPU pods mount read-only; ``%vgpu`` shows the
 latest.
+
+The daemon makes one with :func:`from_options` (its ``--backstop`` and
+``--backstop-grace`` options) and runs ``await backstop.run()`` beside its
+server.
 """
 from __future__ import annotations
 
