@@ -31,17 +31,32 @@ MiB = 1 << 20
 
 WORKLOAD = r'''
 import sys, torch
+
+def cuda(*shape, dtype=torch.float32):
+    return torch.randn(*shape, device="cuda", dtype=dtype)
+
+def matmuls():
+    return [cuda(4096, 4096, dtype=t) @ cuda(4096, 4096, dtype=t)
+            for t in (torch.float32, torch.float16, torch.bfloat16)]
+
+def transformer():
+    layer = torch.nn.TransformerEncoderLayer(1024, 16, batch_first=True).cuda()
+    x = torch.randn(8, 512, 1024, device="cuda", requires_grad=True)
+    layer(x).sum().backward()
+    return layer, x
+
+def sorting():
+    index = torch.randint(0, 1000, (1 << 20,), device="cuda")
+    return [cuda(10_000_000).sort(), cuda(1 << 20).topk(100), cuda(1 << 24).cumsum(0),
+            torch.zeros(1000, device="cuda").scatter_add_(0, index, torch.ones(1 << 20, device="cuda"))]
+
 steps = {
     "context": lambda: torch.zeros(1, device="cuda"),
-    "matmul fp32/fp16/bf16": lambda: [torch.randn(4096, 4096, device="cuda", dtype=t) @ torch.randn(4096, 4096, device="cuda", dtype=t)
-                                      for t in (torch.float32, torch.float16, torch.bfloat16)],
-    "conv2d (cuDNN)": lambda: torch.nn.Conv2d(64, 128, 3).cuda()(torch.randn(32, 64, 128, 128, device="cuda")),
-    "fft": lambda: torch.fft.fft2(torch.randn(2048, 2048, device="cuda")),
-    "transformer layer fwd+bwd": lambda: torch.nn.TransformerEncoderLayer(1024, 16, batch_first=True).cuda()(
-        torch.randn(8, 512, 1024, device="cuda", requires_grad=True)).sum().backward(),
-    "sort, topk, scatter, cumsum": lambda: [torch.randn(10_000_000, device="cuda").sort(), torch.randn(1 << 20, device="cuda").topk(100),
-                                            torch.zeros(1000, device="cuda").scatter_add_(0, torch.randint(0, 1000, (1 << 20,), device="cuda"), torch.ones(1 << 20, device="cuda")),
-                                            torch.randn(1 << 24, device="cuda").cumsum(0)],
+    "matmul fp32/fp16/bf16": matmuls,
+    "conv2d (cuDNN)": lambda: torch.nn.Conv2d(64, 128, 3).cuda()(cuda(32, 64, 128, 128)),
+    "fft": lambda: torch.fft.fft2(cuda(2048, 2048)),
+    "transformer layer fwd+bwd": transformer,
+    "sort, topk, scatter, cumsum": sorting,
     "many small tensors": lambda: [torch.empty(1000 + i, device="cuda") for i in range(20000)],
 }
 keep = []

@@ -338,7 +338,8 @@ class Backstop(LoggingConfigurable):
             since = self._over[state] = now
             if self.action == "kill" and victim is not None:
                 then = (f"; {victim[1].comm} (pid {self._shown_pid(victim[1])}), holding "
-                        f"{_size(victim[0].used or 0)}, is killed in {self.grace:g} s unless the slice gets back within it")
+                        f"{_size(victim[0].used or 0)}, is killed in {self.grace:g} s "
+                        "unless the slice gets back within it")
             elif self.action == "kill":
                 then = "; none of its processes there can be identified safely, so nothing is killed"
             else:

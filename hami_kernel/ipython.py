@@ -126,7 +126,8 @@ class VgpuMagics(Magics):
     def vgpu(self, line: str) -> None:
         """This kernel's GPU slice. Usage:
 
-        %vgpu | %vgpu check | %vgpu events | %vgpu set memory=2GiB cores=20 | %vgpu watch [--interval 1.0] | %vgpu watch stop
+        %vgpu | %vgpu check | %vgpu events | %vgpu set memory=2GiB cores=20
+        %vgpu watch [--interval 1.0] | %vgpu watch stop
         """
         try:
             tokens = shlex.split(line)
