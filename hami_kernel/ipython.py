@@ -13,13 +13,14 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from . import check, status, watch
+from . import backstop_events, check, status, watch
 
 __all__ = ["load_ipython_extension", "unload_ipython_extension", "VgpuMagics", "USAGE"]
 
 USAGE = """\
 %vgpu                          this kernel's GPU slice: limits, usage, the slice's kernels
 %vgpu check                    is libvgpu active in this kernel, with which limits?
+%vgpu events                   what the node's backstop found and did about this slice (last 20)
 %vgpu set memory=2GiB cores=20 change this kernel's VRAM cap and/or compute share
                                (or --memory 2GiB --cores 20; 0 lifts this kernel's own cap)
 %vgpu watch [--interval 1.0]   live bars of VRAM and compute, refreshed every interval seconds
@@ -63,8 +64,17 @@ def _show() -> None:
     from IPython.display import display
 
     snapshot = status.gather()
+    # The backstop's latest events, if it ever acted on this slice: a process killed matters more than the bars.
+    events = backstop_events.read_events(limit=3)
+    text = "\n".join(t for t in (status.format_text(snapshot), backstop_events.format_text(events)) if t)
     # Both forms always: a notebook renders the HTML, a terminal prints the text.
-    display({"text/plain": status.format_text(snapshot), "text/html": status.format_html(snapshot)}, raw=True)
+    display({"text/plain": text, "text/html": status.format_html(snapshot) + backstop_events.format_html(events)},
+            raw=True)
+
+
+def _events() -> None:
+    events = backstop_events.read_events(limit=20)
+    print(backstop_events.format_text(events) or "vgpu: the node's backstop has reported nothing about this slice")
 
 
 def _check() -> None:
@@ -116,7 +126,8 @@ class VgpuMagics(Magics):
     def vgpu(self, line: str) -> None:
         """This kernel's GPU slice. Usage:
 
-        %vgpu | %vgpu check | %vgpu set memory=2GiB cores=20 | %vgpu watch [--interval 1.0] | %vgpu watch stop
+        %vgpu | %vgpu check | %vgpu events | %vgpu set memory=2GiB cores=20
+        %vgpu watch [--interval 1.0] | %vgpu watch stop
         """
         try:
             tokens = shlex.split(line)
@@ -129,6 +140,8 @@ class VgpuMagics(Magics):
             print(USAGE)
         elif command == "check" and not rest:
             _check()
+        elif command == "events" and not rest:
+            _events()
         elif command == "set":
             _set(rest)
         elif command == "watch":

@@ -65,6 +65,13 @@ FAKE_CONTROL_API int fake_cuda_physical_of_ordinal(int ordinal);
  * that exits normally releases its own usage in a destructor. */
 FAKE_CONTROL_API unsigned long long fake_cuda_reap_dead(void);
 
+/* Charge bytes on a physical device to another process, listed under its pid
+ * (by NVML's process queries) as if it had allocated them; the usage is
+ * released like any process's: when it exits it is found dead and reaped.
+ * Returns 0, or -1 if the device is full, the index or pid invalid, or the
+ * process table full. */
+FAKE_CONTROL_API int fake_cuda_charge_pid(int physical, int pid, unsigned long long bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1822,6 +1822,11 @@ unsigned long long fake_cuda_reap_dead(void)
     return fake_reap_dead(fake_state());
 }
 
+int fake_cuda_charge_pid(int physical, int pid, unsigned long long bytes)
+{
+    return fake_charge_for_pid(fake_state(), physical, pid, bytes) ? 0 : -1;
+}
+
 struct fake_shared *fake_cuda_private_state(void)
 {
     return fake_config()->state_path ? NULL : fake_state();

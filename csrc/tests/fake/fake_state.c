@@ -434,6 +434,28 @@ static bool charge_locked(struct fake_shared *s, int physical, unsigned long lon
     return true;
 }
 
+/* Charges bytes to another process's entry (claimed for it if it has none),
+ * as if that process had allocated them: how tests make the driver list a
+ * process that never loaded the fake, such as one that escaped libvgpu. */
+bool fake_charge_for_pid(struct fake_shared *s, int physical, int pid, unsigned long long bytes)
+{
+    if (!fake_valid_physical(physical) || pid <= 0)
+        return false;
+    state_lock(s);
+    unsigned long long capacity = fake_config()->memory[physical];
+    unsigned long long used = atomic_load(&s->dev[physical].used);
+    int slot = find_own_slot(s, pid);
+    if (slot < 0)
+        slot = claim_slot(s, pid);
+    bool ok = slot >= 0 && bytes <= capacity && used <= capacity - bytes;
+    if (ok) {
+        change(s, slot, physical, used + bytes, atomic_load(&s->proc[slot].used[physical]) + bytes);
+        raise_high_water(&s->dev[physical], used + bytes);
+    }
+    state_unlock(s);
+    return ok;
+}
+
 bool fake_charge(struct fake_shared *s, int physical, unsigned long long bytes)
 {
     if (!fake_valid_physical(physical))

@@ -97,6 +97,8 @@ void fake_uuid_string(int physical, char out[FAKE_UUID_STRLEN + 1]);
  * changes nothing) if the device's capacity would be exceeded. */
 bool fake_charge(struct fake_shared *s, int physical, unsigned long long bytes);
 void fake_uncharge(struct fake_shared *s, int physical, unsigned long long bytes);
+/* Charges bytes on behalf of another process (test control). */
+bool fake_charge_for_pid(struct fake_shared *s, int physical, int pid, unsigned long long bytes);
 
 /* Drop everything this process still has charged (its exit). */
 void fake_release_own_usage(struct fake_shared *s);
