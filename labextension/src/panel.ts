@@ -249,6 +249,16 @@ export class VgpuPanel extends Widget {
         this.trans.__('GPU: %1', gpuIdle));
       idle.title = this.trans.__('Last executed %1 ago; last launched GPU work: %2', formatDuration(kernel.idle_seconds),
         kernel.launches ? this.trans.__('%1 ago', gpuIdle) : this.trans.__('never'));
+      if (kernel.idle) {
+        // Idle past the policy's threshold: the memory it holds is idle memory.
+        row.classList.add('jp-vgpu-kernel-idle');
+        const mark = document.createElement('div');
+        mark.className = 'jp-vgpu-idle-mark';
+        mark.textContent = kernel.reclaim_at
+          ? this.trans.__('idle: shut down at %1', new Date(kernel.reclaim_at * 1000).toLocaleTimeString())
+          : this.trans.__('idle');
+        idle.appendChild(mark);
+      }
       if (kernel.kernel_id) {
         const actions = document.createElement('div');
         actions.className = 'jp-vgpu-actions';
