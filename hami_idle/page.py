@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hami_kernel.serverext.reclaim import format_bytes, format_seconds
+from hami_kernel.idle_view import format_bytes, format_seconds
 
 __all__ = ["render_page", "render_metrics"]
 

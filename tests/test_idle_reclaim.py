@@ -9,6 +9,7 @@ must never be warned about or touched.
 """
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +22,7 @@ from hub_harness import wait_for
 from kernel_code import ALLOCATOR
 from lab_harness import CONTEXT, HttpError, MiB, Server, install_spec, slice_env
 from hami_kernel.region import read_region
-from hami_kernel.serverext.reclaim import idle_file_path
+from hami_kernel.idle_view import idle_file_path
 
 IDLE_AFTER = 4
 GRACE = 2
@@ -148,7 +149,16 @@ def test_the_idle_file_tells_vgpu_in_the_kernels(shutdown_server: Server) -> Non
     assert doc["policy"] == {"action": "shutdown", "idle_after_seconds": IDLE_AFTER,
                              "min_memory_bytes": 64 * MiB, "grace_seconds": GRACE}
     usage = {k["kernel_id"]: k for k in srv.usage()["kernels"] if k["kernel_id"]}
-    assert set(doc["kernels"]) == set(usage)
+    wait_for("the file to catch up", lambda: set(json.loads(Path(path).read_text())["kernels"]) == set(usage),
+             timeout=30)
+    # %vgpu in the small kernel (idle past the threshold, below min_memory): its row says IDLE.
+    small = next(k for k, v in usage.items() if v["path"] == "small.ipynb")
+    text = srv.execute(small, "import hami_kernel.status as _s\n_t = _s.format_text(_s.gather())", "_t")
+    row = next(line for line in text.splitlines() if small[:8] + "*" in line)
+    assert re.search(r"\b\d+ s IDLE$", row), text
+    executing = next(k for k, v in usage.items() if v["path"] == "executing.ipynb")
+    assert not next(line for line in text.splitlines() if executing[:8] in line).endswith("IDLE"), text
+    assert "the idle policy shuts them down 2 s after a warning (kernels holding 64 MiB or more" in text
 
 
 @pytest.mark.parametrize("body, reason", [

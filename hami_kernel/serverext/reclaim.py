@@ -37,6 +37,7 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Enum, Float, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
+from ..idle_view import format_bytes, format_seconds, idle_file_path
 from ..slice import parse_memory
 from .idle import KernelIdle, Rule, idle_memory_by_device, kernel_idleness
 
@@ -44,28 +45,6 @@ __all__ = ["ACTIONS", "IdlePolicy", "idle_file_path", "format_bytes", "format_se
 
 ACTIONS = ("off", "warn", "shutdown")
 MAX_NOTICES = 50
-IDLE_FILE_SUFFIX = ".idle.json"
-
-
-def idle_file_path(region_path: str) -> str:
-    """Where the server writes its kernels' idleness for ``%vgpu``: beside the region."""
-    return region_path + IDLE_FILE_SUFFIX
-
-
-def format_bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f}".rstrip("0").rstrip(".") + f" {unit}"
-    return f"{n} B"
-
-
-def format_seconds(s: float) -> str:
-    s = int(max(s, 0))
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 @dataclass
