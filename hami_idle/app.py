@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -18,7 +19,7 @@ from urllib.parse import urlparse
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 from tornado.ioloop import IOLoop, PeriodicCallback
-from traitlets import Enum, Float, Integer, Unicode, default, validate
+from traitlets import Enum, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from hami_kernel.serverext.idle import Rule
@@ -69,13 +70,16 @@ class IdleService(Application):  # type: ignore[misc]
     def _check_min_memory(self, proposal: Any) -> str:
         value = str(proposal["value"]).strip()
         if value != "0":
-            parse_memory(value)
+            try:
+                parse_memory(value)
+            except ValueError as exc:
+                raise TraitError(f"--min-memory: {exc}") from None
         return value
 
     @validate("idle_after", "grace", "check_interval", "request_timeout")
     def _check_seconds(self, proposal: Any) -> float:
         if not proposal["value"] >= 0:
-            raise ValueError(f"{proposal['trait'].name} must be 0 or more seconds")
+            raise TraitError(f"--{proposal['trait'].name.replace('_', '-')} must be 0 or more seconds")
         return float(proposal["value"])
 
     @property
@@ -93,7 +97,8 @@ class IdleService(Application):  # type: ignore[misc]
             self.load_config_file(self.config_file)
         missing = [v for v in ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_API_URL") if not os.environ.get(v)]
         if missing:
-            raise SystemExit(f"hami-idle-service: {', '.join(missing)} not set: run it as a JupyterHub service")
+            print(f"hami-idle-service: {', '.join(missing)} not set: run it as a JupyterHub service", file=sys.stderr)
+            raise SystemExit(2)
         self.hub = HubClient(os.environ["JUPYTERHUB_API_URL"], self.proxy_url, os.environ["JUPYTERHUB_API_TOKEN"],
                              self.request_timeout)
         self.latest: dict[str, Any] | None = None
@@ -216,4 +221,11 @@ class MetricsHandler(ApiHandler):
 
 
 def main(argv: list[str] | None = None) -> None:
-    IdleService.launch_instance(argv)
+    app = IdleService.instance()
+    try:
+        app.initialize(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise SystemExit(2) from None  # bad options: the reason is printed already
+        raise
+    app.start()

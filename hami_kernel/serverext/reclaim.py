@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from tornado.ioloop import PeriodicCallback
-from traitlets import Enum, Float, Unicode, validate
+from traitlets import Enum, Float, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from ..idle_view import format_bytes, format_seconds, idle_file_path
@@ -90,13 +90,13 @@ class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
             try:
                 parse_memory(value)
             except ValueError as exc:
-                raise ValueError(f"IdlePolicy.min_memory: {exc}") from None
+                raise TraitError(f"IdlePolicy.min_memory: {exc}") from None
         return value
 
     @validate("idle_after", "grace", "check_interval", "shutdown_wait", "notice_seconds")
     def _check_seconds(self, proposal: Any) -> float:
         if not proposal["value"] >= 0:
-            raise ValueError(f"IdlePolicy.{proposal['trait'].name} must be 0 or more seconds")
+            raise TraitError(f"IdlePolicy.{proposal['trait'].name} must be 0 or more seconds")
         return float(proposal["value"])
 
     def __init__(self, *, report: Callable[[], Awaitable[dict[str, Any]]], kernel_manager: Any,
