@@ -158,3 +158,25 @@ def test_the_page_is_for_admins_only(hub: Hub, kernels: dict[str, str]) -> None:
     assert status == 403
     status, body = hub.get(SERVICE + "api/idle", token="not-a-token")
     assert status == 401
+
+
+def test_the_hubs_steps_through_a_servers_reclaim_endpoint(hub: Hub, kernels: dict[str, str]) -> None:
+    """What the service sends, sent by a test with a service token: announced, then shut down, memory back."""
+    small = start_kernel(hub, "alice", ALLOCATOR + "\nassert alloc(50) == 0\n")  # under the service's 128 MiB
+    body = {"action": "shutdown", "idle_after": 1, "min_memory": "32MiB", "grace": 0, "source": "test"}
+    path = f"/user/alice/api/vgpu/v1/kernels/{small}/reclaim"
+
+    def step() -> dict[str, Any]:
+        status, reply = hub.request("POST", path, body)
+        assert status == 200, (status, reply)
+        return reply  # type: ignore[no-any-return]
+    warned = wait_for("the kernel to be idle for 1 s", lambda: (r := step())["state"] == "warned" and r, timeout=60)
+    assert warned["deadline"] > 0
+    done = step()
+    assert done["state"] == "shut_down" and done["freed_bytes"] >= 50 * MiB and done["remaining_bytes"] == 0
+    status, alive = hub.get("/user/alice/api/kernels")
+    assert small not in {k["id"] for k in alive} and kernels["alice"] in {k["id"] for k in alive}
+    # Alice was told both, by her server, in order.
+    status, usage = hub.get("/user/alice/api/vgpu/v1/usage")
+    kinds = [n["kind"] for n in usage["idle"]["notices"] if n["kernel_id"] == small]
+    assert kinds == ["warning", "shutdown"]

@@ -326,6 +326,7 @@ def test_idle_policy_notifications(browser: Any, tmp_path: Path) -> None:
         row = pg.locator(f'{PANEL} tr[data-kernel-id="{kernel}"]')
         wait_for("the idle mark", lambda: "shut down at" in row.locator(".jp-vgpu-idle-mark").inner_text(), timeout=30)
         assert "jp-vgpu-kernel-idle" in (row.get_attribute("class") or "")
+        pg.wait_for_timeout(1000)  # the toast's slide-in, for the screenshot
         shot(pg, "idle-warning")
         assert kernel in {k["id"] for k in srv.get("api/kernels")}  # announced, not yet done
         done = pg.get_by_text(re.compile(r"lunch\.ipynb was shut down after .* 216 MiB of GPU memory came back"))

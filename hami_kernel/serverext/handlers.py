@@ -112,6 +112,9 @@ class ReclaimHandler(_SliceHandler):
     :meth:`IdlePolicy.consider`).
     """
 
+    # The hub's service asking is not the user being active: it must not keep the server from culling.
+    _track_activity = False
+
     @web.authenticated
     @authorized
     async def post(self, kernel_id: str) -> None:
