@@ -213,3 +213,26 @@ def test_the_service_refuses_bad_options_with_exit_2(args: list[str], env: bool,
     done = subprocess.run([sys.executable, "-m", "hami_idle", *args], env=base, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and reason in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_shutdown_the_hub_announced_is_carried_out_by_the_server_on_time() -> None:
+    """Even with the server's own policy off, and the hub's service no longer asking."""
+    reports = {"k1": 100.0}
+
+    async def report() -> dict[str, Any]:
+        return {"kernels": [{"kernel_id": "k1", "pid": 5, "path": "k1.ipynb", "execution_state": "idle",
+                             "idle_seconds": reports["k1"], "gpu_quiet_seconds": 100.0, "launches": 0,
+                             "devices": [{"uuid": GPU0, "memory_used_bytes": 2 * GiB}]}]}
+    kernels, clock = FakeKernels(), Clock()
+    p = IdlePolicy(report=report, kernel_manager=kernels, clock=clock, action="off")
+    step(p, kernel(), Rule(60, GiB), source="hub", grace=30)
+    assert asyncio.run(p.check()) == [{"state": "pending", "deadline": 1030.0}]
+    clock.now = 1031.0
+    assert asyncio.run(p.check())[0]["state"] == "shut_down" and kernels.shut == ["k1"]
+    # Called off when it ran something before the deadline, under the hub's rule.
+    kernels.shut.clear()
+    p2 = IdlePolicy(report=report, kernel_manager=kernels, clock=clock, action="off")
+    step(p2, kernel(), Rule(60, GiB), source="hub", grace=30)
+    reports["k1"] = 3.0
+    assert asyncio.run(p2.check()) == [{"state": "not_idle"}]
+    assert [n["kind"] for n in p2.notices] == ["warning", "kept"] and kernels.shut == []

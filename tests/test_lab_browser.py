@@ -326,6 +326,10 @@ def test_idle_policy_notifications(browser: Any, tmp_path: Path) -> None:
         row = pg.locator(f'{PANEL} tr[data-kernel-id="{kernel}"]')
         wait_for("the idle mark", lambda: "shut down at" in row.locator(".jp-vgpu-idle-mark").inner_text(), timeout=30)
         assert "jp-vgpu-kernel-idle" in (row.get_attribute("class") or "")
+        summary = pg.locator(f"{PANEL} .jp-vgpu-idle-summary")
+        wait_for("the idle line", lambda: summary.inner_text().startswith(
+            "216 MiB held by kernels idle for 4 s or more; those holding 64 MiB or more are shut down 8 s after"),
+            timeout=30)
         pg.wait_for_timeout(1000)  # the toast's slide-in, for the screenshot
         shot(pg, "idle-warning")
         assert kernel in {k["id"] for k in srv.get("api/kernels")}  # announced, not yet done

@@ -49,10 +49,12 @@ MAX_NOTICES = 50
 
 @dataclass
 class _Pending:
-    """A shutdown announced for ``deadline``, by ``source`` (this server's policy, or the hub's)."""
+    """A shutdown announced for ``deadline``, by ``source`` (this server's policy, or the hub's), under ``rule``."""
 
     deadline: float
     source: str
+    rule: Rule
+    grace: float
 
 
 class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
@@ -153,6 +155,14 @@ class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
                 outcomes.append(outcome)
                 if outcome["state"] == "shut_down":
                     del kernels[kernel.kernel_id]
+        # Shutdowns the hub announced are carried out (or called off) here, on time,
+        # whether or not the hub's service asks again.
+        for kid, pending in list(self._pending.items()):
+            if pending.source != "server" and kid in kernels:
+                outcome = await self.consider(kernels[kid], pending.rule, "shutdown", pending.grace, pending.source)
+                outcomes.append(outcome)
+                if outcome["state"] == "shut_down":
+                    del kernels[kid]
         for kernel_id in [k for k, p in self._pending.items() if k not in kernels]:
             del self._pending[kernel_id]  # gone by other means (the user shut it down)
         self._warned = {(s, k) for s, k in self._warned if k in kernels}
@@ -194,7 +204,7 @@ class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
             return {"state": "warned"}
         if pending is None:
             deadline = now + grace
-            self._pending[kid] = _Pending(deadline, source)
+            self._pending[kid] = _Pending(deadline, source, rule, grace)
             self.notice("warning", kernel, source,
                         f"{_name(kernel)} has held {format_bytes(kernel.memory)} of GPU memory idle for {idle}: "
                         f"it will be shut down in {format_seconds(grace)} unless it runs something.",

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { unseenNotices } from '../src/notices';
+import { idleSummary, unseenNotices } from '../src/notices';
 import type { IdleNotice, UsageReport } from '../src/types';
 
 function notice(id: string, kind: IdleNotice['kind'], time: number): IdleNotice {
@@ -44,4 +44,17 @@ test('no report, or a server without the policy, shows nothing', () => {
   assert.deepEqual(unseenNotices(null, new Set()), []);
   const old: UsageReport = { ...report([]), idle: undefined };
   assert.deepEqual(unseenNotices(old, new Set()), []);
+});
+
+test('the idle line of the panel follows the policy', () => {
+  const bytes = (n: number): string => `${n / (1 << 20)} MiB`;
+  const duration = (s: number): string => `${s} s`;
+  const r = report([]);
+  assert.equal(idleSummary(r, bytes, duration), 'No kernel has been idle for 60 s or more; those holding 0 MiB or more are shut down 300 s after a warning.');
+  r.idle!.memory_bytes = 216 << 20;
+  r.idle!.policy = { ...r.idle!.policy, action: 'warn', min_memory_bytes: 1 << 30 };
+  assert.equal(idleSummary(r, bytes, duration), '216 MiB held by kernels idle for 60 s or more; you are warned about those holding 1024 MiB or more.');
+  r.idle!.policy.action = 'off';
+  assert.equal(idleSummary(r, bytes, duration), '216 MiB held by kernels idle for 60 s or more.');
+  assert.equal(idleSummary(null, bytes, duration), null);
 });
