@@ -236,3 +236,17 @@ def test_a_shutdown_the_hub_announced_is_carried_out_by_the_server_on_time() -> 
     reports["k1"] = 3.0
     assert asyncio.run(p2.check()) == [{"state": "not_idle"}]
     assert [n["kind"] for n in p2.notices] == ["warning", "kept"] and kernels.shut == []
+
+
+def test_a_shutdown_that_fails_is_said_once_and_the_policy_goes_on() -> None:
+    p, kernels, clock = policy()
+
+    async def refuse(kid: str) -> None:
+        raise RuntimeError("the kernel's process cannot be signalled")
+    kernels.shutdown_kernel = refuse  # type: ignore[method-assign]
+    step(p, kernel())
+    clock.now += 30
+    assert step(p, kernel()) == {"state": "failed", "message": "the kernel's process cannot be signalled"}
+    assert p.notices[-1]["kind"] == "failed" and "could not be shut down" in p.notices[-1]["message"]
+    clock.now += 1
+    assert step(p, kernel())["state"] == "warned"  # announced again, never a crash

@@ -178,7 +178,8 @@ class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
         States: ``not_idle`` (nothing to do; an announced shutdown is called
         off), ``warned`` (announced now, or already), ``pending`` (shutdown
         announced, not due yet, with ``deadline``), ``shut_down`` (with
-        ``freed_bytes``), ``kept`` (due, but found executing at the last look).
+        ``freed_bytes``), ``kept`` (due, but found executing at the last look),
+        ``failed`` (the kernel manager could not shut it down).
         """
         async with self._lock:
             return await self._consider(kernel, rule, action, grace, source)
@@ -229,10 +230,15 @@ class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
         self.log.info("hami_kernel idle policy (%s): shutting down kernel %s (%s), %s idle, holding %s",
                       source, kid, kernel.path or "no notebook", format_seconds(kernel.idle_seconds or 0),
                       format_bytes(kernel.memory))
-        result = self.kernel_manager.shutdown_kernel(kid)
         del self._pending[kid]
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = self.kernel_manager.shutdown_kernel(kid)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # the kernel manager's trouble: said once, never a crash of the policy
+            self.log.warning("hami_kernel idle policy: shutting down kernel %s failed: %s", kid, exc)
+            self.notice("failed", kernel, source, f"{_name(kernel)} could not be shut down: {exc}")
+            return {"state": "failed", "message": str(exc)}
         remaining = await self._wait_for_memory(kid)
         freed = max(kernel.memory - remaining, 0)
         message = (f"{_name(kernel)} was shut down after {format_seconds(kernel.idle_seconds or 0)} idle: "
@@ -294,6 +300,7 @@ class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
             kid: {**k.as_json(), "idle": k.is_idle(self.idle_after),
                   "reclaim_at": self._pending[kid].deadline if kid in self._pending else None}
             for kid, k in kernels.items()}}
+        tmp = None
         try:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".idle-")
             with os.fdopen(fd, "w") as out:
@@ -302,6 +309,8 @@ class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
             os.replace(tmp, path)
         except OSError as exc:
             self.log.debug("hami_kernel idle policy: cannot write %s: %s", path, exc)
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _name(kernel: KernelIdle) -> str:

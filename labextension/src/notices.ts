@@ -32,6 +32,9 @@ export function unseenNotices(report: UsageReport | null, seen: Set<string>): No
       case 'shutdown':
         out.push({ notice, level: 'success', sticky: true, replacesWarning: true });
         break;
+      case 'failed':
+        out.push({ notice, level: 'warning', sticky: true, replacesWarning: true });
+        break;
       default:
         out.push({ notice, level: 'info', sticky: false, replacesWarning: true });
     }

@@ -62,8 +62,8 @@ export interface KernelUsage {
 export interface IdleNotice {
   id: string;
   time: number;
-  /** warning: a shutdown is announced; shutdown: done; kept: called off; idle: warn-only. */
-  kind: 'warning' | 'shutdown' | 'kept' | 'idle';
+  /** warning: a shutdown is announced; shutdown: done; kept: called off; idle: warn-only; failed: not done. */
+  kind: 'warning' | 'shutdown' | 'kept' | 'idle' | 'failed';
   kernel_id: string;
   path: string | null;
   memory_bytes: number;

@@ -38,6 +38,8 @@ test('a warning stays; the outcome replaces it', () => {
   assert.equal(done.replacesWarning, true);
   assert.equal(kept.level, 'info');
   assert.equal(kept.sticky, false);
+  const [failed] = unseenNotices(report([notice('d', 'failed', 4)]), new Set());
+  assert.deepEqual([failed.level, failed.sticky, failed.replacesWarning], ['warning', true, true]);
 });
 
 test('no report, or a server without the policy, shows nothing', () => {
