@@ -17,10 +17,11 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from .kernel_slice import CPU_ONLY, IDENTITY_ENV, PROCESS_CORES_ENV, PROCESS_MEMORY_ENV, cpu_only, \
     region_path
+from .idle_view import idle_cell, policy_line, read_idle
 from .region import MAX_DEVICES, RegionError, RegionSnapshot, read_region
 from .slice import CORES_ENV, MEMORY_ENV, parse_env_cores, format_memory, parse_env_memory
 
@@ -220,6 +221,7 @@ class SliceStatus:
     devices: tuple[DeviceStatus, ...] = ()
     taken_at: float = field(default_factory=time.time)
     no_gpu: str | None = None  # why this process has no GPU at all (a CPU-only server, no driver)
+    idle: Mapping[str, Any] | None = None  # the server's idle document (idle_view), if it writes one
 
     @property
     def policy(self) -> str:
@@ -325,7 +327,7 @@ def gather(env: Mapping[str, str] | None = None, *, pid: int | None = None,
         identity=identity, pid=pid, loaded=bool(libvgpu_mappings()), configured=configured,
         region_path=snapshot.path if snapshot else path, region_missing=missing, region_error=error,
         devices=_devices(snapshot, identity, pid, configured.policy) if snapshot else (),
-        no_gpu=no_gpu)
+        no_gpu=no_gpu, idle=read_idle(snapshot.path if snapshot else path) if snapshot else None)
 
 
 # ---- showing it --------------------------------------------------------------------
@@ -378,7 +380,7 @@ def no_devices_reason(status: SliceStatus) -> str:
     return "no GPU registered in the slice yet: libvgpu registers them at the first CUDA call"
 
 
-def _device_lines(dev: DeviceStatus, policy: str) -> list[str]:
+def _device_lines(dev: DeviceStatus, policy: str, idle: Mapping[str, Any] | None = None) -> list[str]:
     lines = [f"{short_uuid(dev.uuid)}  ({dev.uuid})"]
     if dev.memory_limit is None:
         lines.append(f"  VRAM     slice: no limit, {memory_text(dev.memory_used)} used")
@@ -401,14 +403,17 @@ def _device_lines(dev: DeviceStatus, policy: str) -> list[str]:
                  f"{cap_text(own.sm_limit if own else None, 'none')}, policy {policy}{_policy_note(policy)}")
     if own is not None:
         lines.append(f"           this kernel used {share_text(own.sm_share)} of the GPU over the last second")
-    lines.append(_kernel_table(dev.kernels))
+    lines.append(_kernel_table(dev.kernels, idle))
     return lines
 
 
-def _kernel_table(kernels: tuple[KernelUsage, ...]) -> str:
-    head = ("kernel", "pid", "VRAM", "compute", "launches")
+def _kernel_table(kernels: tuple[KernelUsage, ...], idle: Mapping[str, Any] | None = None) -> str:
+    head: tuple[str, ...] = ("kernel", "pid", "VRAM", "compute", "launches")
     rows = [(short_identity(k.identity) + ("*" if k.mine else ""), str(k.pid), memory_text(k.memory_used),
              share_text(k.sm_share), str(k.launches)) for k in kernels]
+    if idle is not None:  # the server tells how long each kernel has done nothing
+        head += ("idle",)
+        rows = [(*r, idle_cell(idle, k.identity)) for r, k in zip(rows, kernels)]
     if not rows:
         return "  kernels  none running on this GPU"
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -431,12 +436,14 @@ def format_text(status: SliceStatus) -> str:
         lines += [f"  problem: {p}" for p in status.configured.problems]
         return "\n".join(lines)
     for dev in status.devices:
-        lines += _device_lines(dev, status.policy)
+        lines += _device_lines(dev, status.policy, status.idle)
     notes = []
     if any(k.mine for d in status.devices for k in d.kernels):
         notes.append("* = this kernel")
     notes.append("compute = share of the GPU over the last second")
     lines.append("; ".join(notes))
+    if policy_line(status.idle):
+        lines.append(str(policy_line(status.idle)))
     return "\n".join(lines)
 
 
@@ -444,15 +451,18 @@ def _h(text: object) -> str:
     return html.escape(str(text))
 
 
-def _html_kernels(kernels: tuple[KernelUsage, ...]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("kernel", "pid", "VRAM", "compute (last s)", "launches"))
+def _html_kernels(kernels: tuple[KernelUsage, ...], idle: Mapping[str, Any] | None = None) -> str:
+    names = ("kernel", "pid", "VRAM", "compute (last s)", "launches") + (("idle",) if idle is not None else ())
+    head = "".join(f"<th>{h}</th>" for h in names)
     bold, mark = ' style="font-weight:bold"', " (this kernel)"
     rows = "".join(
         f"<tr{bold if k.mine else ''}>"
         f"<td title='{_h(k.identity)}'>{_h(short_identity(k.identity))}{mark if k.mine else ''}</td>"
         f"<td>{k.pid}</td><td>{_h(memory_text(k.memory_used))}</td><td>{_h(share_text(k.sm_share))}</td>"
-        f"<td>{k.launches}</td></tr>" for k in kernels)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        f"<td>{k.launches}</td>" + (f"<td>{_h(idle_cell(idle, k.identity))}</td>" if idle is not None else "")
+        + "</tr>" for k in kernels)
+    line = policy_line(idle)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>" + (f"<p>{_h(line)}</p>" if line else "")
 
 
 def _html_rows(rows: list[tuple[str, str]]) -> str:
@@ -486,7 +496,7 @@ def format_html(status: SliceStatus) -> str:
              + f"; cap {cap_text(own.sm_limit)}"),
         ]
         parts.append(f"<h4 title='{_h(dev.uuid)}'>{_h(short_uuid(dev.uuid))}</h4>{_html_rows(rows)}"
-                     + _html_kernels(dev.kernels))
+                     + _html_kernels(dev.kernels, status.idle))
     parts.append("</div>")
     return "".join(parts)
 

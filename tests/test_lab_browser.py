@@ -305,3 +305,41 @@ def test_no_slice(browser: Any, tmp_path: Path) -> None:
         pg.context.close()
     finally:
         srv.stop()
+
+
+def test_idle_policy_notifications(browser: Any, tmp_path: Path) -> None:
+    """An idle kernel holding memory: warned in JupyterLab beforehand, then told what came back."""
+    srv = Server(tmp_path, slice_env(build_tests("plain"), tmp_path), app="jupyterlab", extra_args=[
+        "--IdlePolicy.action=shutdown", "--IdlePolicy.idle_after=4", "--IdlePolicy.grace=8",
+        "--IdlePolicy.check_interval=0.5", "--IdlePolicy.min_memory=64MiB"])
+    install_spec(srv.data, "gpu-whole", {})
+    lab_settings(srv, tmp_path)
+    srv.start()
+    try:
+        pg = open_lab(browser, srv)
+        (srv.root / "lunch.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+        kernel = srv.open_notebook("lunch.ipynb", "gpu-whole")
+        assert srv.allocate(kernel, 200) == 0
+        pg.locator(STATUS).click()  # the panel, to see the kernel marked idle
+        warning = pg.get_by_text(re.compile(r"The kernel of lunch\.ipynb has held 216 MiB .* will be shut down"))
+        warning.first.wait_for(state="visible", timeout=90_000)
+        row = pg.locator(f'{PANEL} tr[data-kernel-id="{kernel}"]')
+        wait_for("the idle mark", lambda: "shut down at" in row.locator(".jp-vgpu-idle-mark").inner_text(), timeout=30)
+        assert "jp-vgpu-kernel-idle" in (row.get_attribute("class") or "")
+        summary = pg.locator(f"{PANEL} .jp-vgpu-idle-summary")
+        wait_for("the idle line", lambda: summary.inner_text().startswith(
+            "216 MiB held by kernels idle for 4 s or more; those holding 64 MiB or more are shut down 8 s after"),
+            timeout=30)
+        pg.wait_for_timeout(1000)  # the toast's slide-in, for the screenshot
+        shot(pg, "idle-warning")
+        assert kernel in {k["id"] for k in srv.get("api/kernels")}  # announced, not yet done
+        done = pg.get_by_text(re.compile(r"lunch\.ipynb was shut down after .* 216 MiB of GPU memory came back"))
+        done.first.wait_for(state="visible", timeout=90_000)
+        assert kernel not in {k["id"] for k in srv.get("api/kernels")}
+        assert not read_region(srv.env["CUDA_DEVICE_MEMORY_SHARED_CACHE"]).process(kernel)
+        # The warning made way for the outcome.
+        wait_for("the warning to close", lambda: warning.count() == 0, timeout=30)
+        shot(pg, "idle-shut-down")
+        pg.context.close()
+    finally:
+        srv.stop()

@@ -110,6 +110,16 @@ else:
     _say(f"servers run as {'root' if os.geteuid() == 0 else 'you'}, each in "
          f"{_data / 'homes'}/<name>; {SYSTEM_USERS_ENV}=1 (as root) uses the machine's accounts.")
 
+# -- idle GPU memory, hub-wide (optional) ------------------------------------------------------
+# HAMI_HUB_IDLE_SERVICE=1: admins see who holds GPU memory idle at /services/vgpu-idle/.
+if os.environ.get("HAMI_HUB_IDLE_SERVICE") == "1":
+    from hami_idle import service_config
+
+    _idle_service, _idle_role = service_config(args=["--proxy-url=http://127.0.0.1:8000", "--action=off"])
+    c.JupyterHub.services.append(_idle_service)
+    c.JupyterHub.load_roles.append(_idle_role)
+    _say("idle GPU memory, for admins: http://127.0.0.1:8000/services/vgpu-idle/")
+
 _say(f"hub state in {_data} (HAMI_HUB_DATA_DIR chooses another directory).")
 _say("GPUs: " + ("; ".join(f"{g.index}: {g.name}, {g.memory >> 30} GiB" for g in _gpus)
                  or "none found, so only CPU servers are offered"))

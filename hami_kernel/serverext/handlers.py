@@ -7,7 +7,6 @@ apply, and errors are JSON with a ``message``.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -16,17 +15,16 @@ from tornado import web
 
 from ..kernel_slice import SubSliceError
 from ..redivide import set_kernel_slice
+from ..slice import parse_memory
 from . import metrics
+from .idle import Rule, kernel_idleness
+from .kernels import kernel_infos
 from .monitor import SliceMonitor
-from .usage import KernelInfo
+from .reclaim import ACTIONS, IdlePolicy
 
 __all__ = ["handlers"]
 
 AUTH_RESOURCE = "kernels"
-
-
-def _epoch(value: Any) -> float | None:
-    return value.timestamp() if isinstance(value, datetime) else None
 
 
 class _SliceHandler(APIHandler):  # type: ignore[misc]
@@ -36,34 +34,14 @@ class _SliceHandler(APIHandler):  # type: ignore[misc]
     def monitor(self) -> SliceMonitor:
         return self.settings["hami_slice_monitor"]  # type: ignore[no-any-return]
 
-    async def kernel_infos(self) -> dict[str, KernelInfo]:
-        """This server's kernels, each with the notebook or console its session gives it."""
-        infos = {}
-        paths = self.session_paths()
-        for kernel_id in self.kernel_manager.list_kernel_ids():
-            try:
-                kernel = self.kernel_manager.get_kernel(kernel_id)
-            except KeyError:  # shut down meanwhile
-                continue
-            path, kind = paths.get(kernel_id, (None, None))
-            infos[kernel_id] = KernelInfo(
-                kernel_id=kernel_id, name=getattr(kernel, "kernel_name", ""),
-                execution_state=getattr(kernel, "execution_state", None),
-                last_activity=_epoch(getattr(kernel, "last_activity", None)), path=path, session_type=kind)
-        return infos
-
-    def session_paths(self) -> dict[str, tuple[str | None, str | None]]:
-        """{kernel id: (path, type)} from the session manager's table.
-
-        One query rather than list_sessions(), which builds a full model of
-        every kernel for every session: this runs every second per open tab.
-        Kernels are taken from the kernel manager, so a stale row names none.
-        """
-        rows = self.session_manager.cursor.execute("SELECT kernel_id, path, type FROM session")
-        return {row[0]: (row[1], row[2]) for row in rows.fetchall() if row[0]}
+    @property
+    def idle_policy(self) -> IdlePolicy:
+        return self.settings["hami_idle_policy"]  # type: ignore[no-any-return]
 
     async def report(self) -> dict[str, Any]:
-        return self.monitor.report(await self.kernel_infos())
+        """The usage report, with the idle policy's marks and notices."""
+        report = self.monitor.report(kernel_infos(self.kernel_manager, self.session_manager))
+        return self.idle_policy.annotate(report)
 
 
 class UsageHandler(_SliceHandler):
@@ -123,10 +101,66 @@ class KernelSliceHandler(_SliceHandler):
         self.finish(json.dumps({"kernel_id": kernel_id, "message": message}))
 
 
+class ReclaimHandler(_SliceHandler):
+    """``POST kernels/{kernel_id}/reclaim``: one step of the idle policy for one kernel, by a rule of the caller's.
+
+    The hub's service (``hami_idle``) applies its policy through this: the
+    body is ``{"action": "warn" | "shutdown", "idle_after": seconds,
+    "min_memory": "1GiB" or bytes, "grace": seconds}``. The server decides on
+    its own, fresh view of the kernel (never one that is executing) and tells
+    the user as its own policy does; the answer is ``{"state": ...}`` (see
+    :meth:`IdlePolicy.consider`).
+    """
+
+    # The hub's service asking is not the user being active: it must not keep the server from culling.
+    _track_activity = False
+
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str) -> None:
+        if kernel_id not in self.kernel_manager:
+            raise web.HTTPError(404, f"no kernel {kernel_id} in this server")
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, 'the request body must be an object such as {"action": "shutdown", '
+                                     '"idle_after": 3600, "min_memory": "1GiB", "grace": 300}')
+        unknown = sorted(set(body) - {"action", "idle_after", "min_memory", "grace", "source"})
+        if unknown:
+            raise web.HTTPError(400, f"unknown field(s) {', '.join(map(repr, unknown))}")
+        action = body.get("action")
+        if action not in ACTIONS[1:]:
+            raise web.HTTPError(400, f"action must be 'warn' or 'shutdown', not {action!r}")
+        seconds = {}
+        for key in ("idle_after", "grace"):
+            value = body.get(key, 0 if key == "grace" else None)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise web.HTTPError(400, f"{key} must be a number of seconds (0 or more), not {value!r}")
+            seconds[key] = float(value)
+        try:
+            min_memory = 0 if body.get("min_memory") in (0, "0") else parse_memory(body.get("min_memory"))
+        except ValueError as exc:
+            raise web.HTTPError(400, f"min_memory: {exc}") from None
+        source = body.get("source") or "hub"
+        if not isinstance(source, str) or len(source) > 64:
+            raise web.HTTPError(400, "source must be a short name")
+        kernels = kernel_idleness(await self.report())
+        if kernel_id not in kernels:
+            self.finish(json.dumps({"kernel_id": kernel_id, "state": "not_idle",
+                                    "message": "this kernel holds no GPU memory"}))
+            return
+        outcome = await self.idle_policy.consider(kernels[kernel_id], Rule(seconds["idle_after"], min_memory),
+                                                  action, seconds["grace"], source)
+        self.finish(json.dumps({"kernel_id": kernel_id, **outcome}))
+
+
 def handlers(base_url: str) -> list[tuple[str, type[APIHandler]]]:
     prefix = base_url.rstrip("/") + "/api/vgpu/v1"
     return [
         (prefix + "/usage", UsageHandler),
         (prefix + "/metrics", MetricsHandler),
         (prefix + r"/kernels/(?P<kernel_id>[^/]+)/slice", KernelSliceHandler),
+        (prefix + r"/kernels/(?P<kernel_id>[^/]+)/reclaim", ReclaimHandler),
     ]

@@ -72,6 +72,36 @@ class _ReportCollector(Collector):
                 idle.add_metric([kernel["kernel_id"] or kernel["identity"], kernel["path"] or "", str(kernel["pid"])],
                                 kernel["idle_seconds"])
         yield idle
+        yield from _idle_memory(report)
+
+
+def _idle_memory(report: dict[str, Any]) -> Iterable[Metric]:
+    """VRAM held by kernels idle past the policy's threshold: per GPU, per kernel, and the slice's."""
+    idle = report.get("idle")
+    if not idle:
+        return
+    names = {dev["uuid"]: dev["name"] or "" for dev in report["devices"]}
+    per_device = GaugeMetricFamily(_PREFIX + "idle_memory_bytes",
+                                   "VRAM held on the device by the slice's kernels idle past the idle threshold",
+                                   labels=["device_uuid", "device_name"])
+    for dev in report["devices"]:
+        per_device.add_metric([dev["uuid"], names[dev["uuid"]]], float(idle["devices"].get(dev["uuid"], 0)))
+    yield per_device
+    whole = GaugeMetricFamily(_PREFIX + "slice_idle_memory_bytes",
+                              "VRAM held by the slice's kernels idle past the idle threshold, all devices")
+    whole.add_metric([], float(idle["memory_bytes"]))
+    yield whole
+    threshold = GaugeMetricFamily(_PREFIX + "idle_threshold_seconds",
+                                  "seconds without execution or GPU launch after which a kernel counts as idle")
+    threshold.add_metric([], float(idle["policy"]["idle_after_seconds"]))
+    yield threshold
+    marked = GaugeMetricFamily(_PREFIX + "kernel_idle", "1 for a kernel idle past the idle threshold",
+                               labels=["kernel_id", "notebook", "pid"])
+    for kernel in report["kernels"]:
+        if kernel.get("kernel_id"):
+            marked.add_metric([kernel["kernel_id"], kernel["path"] or "", str(kernel["pid"])],
+                              1.0 if kernel.get("idle") else 0.0)
+    yield marked
 
 
 def _kernel_devices(report: dict[str, Any]) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:

@@ -41,22 +41,24 @@ class LaunchClock:
 
     The region keeps a count of launches, not their times; sampling it tells
     when a process last launched GPU work. A process seen for the first time
-    has no known last launch (None) unless it has launched nothing yet.
+    has no known last launch (None) unless it has launched nothing yet; the
+    time it was first seen still bounds how long its GPU has been quiet.
     """
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, int, float], tuple[int, float | None]] = {}
+        # (identity, pid, claimed_at) -> (launches, last launch or None, first seen)
+        self._seen: dict[tuple[str, int, float], tuple[int, float | None, float]] = {}
 
     def observe(self, snapshot: RegionSnapshot, now: float) -> None:
-        current: dict[tuple[str, int, float], tuple[int, float | None]] = {}
+        current: dict[tuple[str, int, float], tuple[int, float | None, float]] = {}
         for proc in snapshot.processes:
             key = (proc.identity, proc.pid, proc.claimed_at)
             launches = sum(d.launches for d in proc.devices)
             before = self._seen.get(key)
             if before is None:
-                current[key] = (launches, None)
+                current[key] = (launches, None, now)
             elif launches != before[0]:
-                current[key] = (launches, now)
+                current[key] = (launches, now, before[2])
             else:
                 current[key] = before
         self._seen = current  # processes gone from the region are forgotten
@@ -64,6 +66,21 @@ class LaunchClock:
     def last_launch(self, identity: str, pid: int, claimed_at: float) -> float | None:
         seen = self._seen.get((identity, pid, claimed_at))
         return seen[1] if seen else None
+
+    def quiet_since(self, identity: str, pid: int, claimed_at: float, launches: int, now: float) -> float:
+        """Since when the process has surely launched nothing: a lower bound on its GPU idle time.
+
+        Its last launch when one was seen; else, if it launched before it was
+        first seen, the time it was first seen (never earlier: a server that
+        just started cannot call a busy kernel idle); with no launch at all,
+        the time it attached to the GPU.
+        """
+        seen = self._seen.get((identity, pid, claimed_at))
+        if seen is not None and seen[1] is not None:
+            return seen[1]
+        if launches == 0:
+            return claimed_at
+        return seen[2] if seen is not None else now
 
 
 def _ratio(percent: int | None) -> float | None:
@@ -141,6 +158,11 @@ def build_report(*, region_path: str, limits: Sequence[DeviceLimit], policy: str
             "idle_seconds": _seconds_since(info.last_activity, now) if info else None,
             # 0 launches: never launched (null); otherwise since the count last moved, when seen.
             "gpu_idle_seconds": _seconds_since(last_launch, now) if total_launches else None,
+            # How long the process has surely launched no GPU work (what the idle policy uses):
+            # since the last launch seen, since it was first seen, or since it attached to the GPU.
+            "gpu_quiet_seconds": _seconds_since(
+                launches.quiet_since(proc.identity, proc.pid, proc.claimed_at, total_launches, now)
+                if launches else (proc.claimed_at if total_launches == 0 else now), now),
             "launches": total_launches,
             "devices": [{
                 "uuid": use.uuid,

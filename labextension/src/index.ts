@@ -14,6 +14,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 
 import { DEFAULT_WARNING_RATIO } from './format';
 import { UsageModel } from './model';
+import { IdleNotifier } from './notifier';
 import { VgpuPanel } from './panel';
 import { VgpuStatus } from './statusbar';
 
@@ -79,6 +80,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     statusBar?.registerStatusItem(PLUGIN_ID, { item: status, align: 'left', rank: 100 });
 
     themeManager?.themeChanged.connect(() => panel.themeChanged());
+
+    // The idle-memory policy's warnings and results, as notifications.
+    new IdleNotifier(model, () => void app.commands.execute(CommandIDs.openPanel), trans.__('Show GPU Panel'));
 
     if (settingRegistry) {
       const apply = (settings: ISettingRegistry.ISettings): void => {

@@ -22,6 +22,7 @@ import {
   statusSummary
 } from './format';
 import type { UsageModel } from './model';
+import { idleSummary } from './notices';
 import type { DeviceUsage, KernelUsage } from './types';
 
 /** What the panel needs from the application. */
@@ -137,6 +138,8 @@ export class VgpuPanel extends Widget {
     this.title.caption = trans.__('GPU slice');
     this._summary = document.createElement('p');
     this._summary.className = 'jp-vgpu-summary';
+    this._idle = document.createElement('p');
+    this._idle.className = 'jp-vgpu-idle-summary';
     this._devices = document.createElement('div');
     this._devices.className = 'jp-vgpu-devices';
     const heading = document.createElement('h3');
@@ -150,7 +153,7 @@ export class VgpuPanel extends Widget {
       head.appendChild(th);
     }
     this._body = this._table.createTBody();
-    this.node.append(this._summary, this._devices, heading, this._table);
+    this.node.append(this._summary, this._devices, heading, this._table, this._idle);
     model.changed.connect(this.render, this);
   }
 
@@ -181,6 +184,8 @@ export class VgpuPanel extends Widget {
     this.node.dataset.status = report?.status ?? 'unavailable';
     this.renderDevices();
     this.renderKernels(report?.kernels ?? []);
+    this._idle.textContent = idleSummary(report, formatBytes, s => formatDuration(s),
+      (text, ...args) => this.trans.__(text, ...(args as string[]))) ?? '';
   }
 
   private renderDevices(): void {
@@ -249,6 +254,16 @@ export class VgpuPanel extends Widget {
         this.trans.__('GPU: %1', gpuIdle));
       idle.title = this.trans.__('Last executed %1 ago; last launched GPU work: %2', formatDuration(kernel.idle_seconds),
         kernel.launches ? this.trans.__('%1 ago', gpuIdle) : this.trans.__('never'));
+      if (kernel.idle) {
+        // Idle past the policy's threshold: the memory it holds is idle memory.
+        row.classList.add('jp-vgpu-kernel-idle');
+        const mark = document.createElement('div');
+        mark.className = 'jp-vgpu-idle-mark';
+        mark.textContent = kernel.reclaim_at
+          ? this.trans.__('idle: shut down at %1', new Date(kernel.reclaim_at * 1000).toLocaleTimeString())
+          : this.trans.__('idle');
+        idle.appendChild(mark);
+      }
       if (kernel.kernel_id) {
         const actions = document.createElement('div');
         actions.className = 'jp-vgpu-actions';
@@ -312,6 +327,7 @@ export class VgpuPanel extends Widget {
   }
 
   private _summary: HTMLParagraphElement;
+  private _idle: HTMLParagraphElement;
   private _devices: HTMLDivElement;
   private _table: HTMLTableElement;
   private _body: HTMLTableSectionElement;

@@ -48,8 +48,44 @@ export interface KernelUsage {
   execution_state: string | null;
   idle_seconds: number | null;
   gpu_idle_seconds: number | null;
+  /** How long it has surely launched no GPU work (what the idle policy goes by). */
+  gpu_quiet_seconds?: number | null;
   launches: number;
   devices: KernelDeviceUsage[];
+  /** Idle past the policy's threshold: not executing, no cell run and no GPU launch. */
+  idle?: boolean;
+  /** When the idle policy will shut it down (seconds since the epoch), or null. */
+  reclaim_at?: number | null;
+}
+
+/** What the idle-memory policy did or will do; `message` says it in words. */
+export interface IdleNotice {
+  id: string;
+  time: number;
+  /** warning: a shutdown is announced; shutdown: done; kept: called off; idle: warn-only; failed: not done. */
+  kind: 'warning' | 'shutdown' | 'kept' | 'idle' | 'failed';
+  kernel_id: string;
+  path: string | null;
+  memory_bytes: number;
+  freed_bytes: number | null;
+  deadline: number | null;
+  source: string;
+  message: string;
+}
+
+export interface IdlePolicy {
+  action: 'off' | 'warn' | 'shutdown';
+  idle_after_seconds: number;
+  min_memory_bytes: number;
+  grace_seconds: number;
+}
+
+export interface IdleInfo {
+  policy: IdlePolicy;
+  /** VRAM held by kernels idle past the threshold, in all and per device UUID. */
+  memory_bytes: number;
+  devices: Record<string, number>;
+  notices: IdleNotice[];
 }
 
 export interface UsageReport {
@@ -60,4 +96,6 @@ export interface UsageReport {
   slice: SliceInfo | null;
   devices: DeviceUsage[];
   kernels: KernelUsage[];
+  /** The idle-memory policy, its marks and its recent notices (absent from older servers). */
+  idle?: IdleInfo;
 }
