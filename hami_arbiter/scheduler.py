@@ -33,10 +33,12 @@ from hami_arbiter import protocol as P
 MS = 1_000_000
 MIN_QUANTUM = 1 * MS
 MAX_QUANTUM = 50 * MS
-# A holder that others wait for and that has not launched for this long is
-# idle (between cells, in a long host phase): its turn is taken back.  Clients
-# send NOTE at most every 0.5 ms while launching.
-IDLE_NS = 2 * MS
+# A holder that others wait for, past its quantum (or asked to yield), that
+# has not launched for this long is idle (between cells, in a long host
+# phase): its turn is taken back.  Clients send NOTE at most every 0.5 ms
+# while launching, and keep only a few ms of work queued on the GPU
+# (pacer.h), so a holder draining its last work is not taken for idle.
+IDLE_NS = 3 * MS
 # A waiter that was idle at least this long before asking may get lag credit.
 PROMPT_IDLE_NS = 1 * MS
 # The holder yields to a waiter behind it by at least this much of its own
@@ -155,22 +157,27 @@ class Gpu:
             return None
         if self.asked == 0:
             return None  # nobody is due before the holder: it goes on
-        times = [self.deadline + self.holder.quantum, self.last_note + IDLE_NS]
-        if self.asked == 2:
-            times.append(self.yield_at + self.holder.quantum)
-        return min(times)
+        return min(self._idle_at(), self._overdue_at())
+
+    def _idle_at(self) -> int:
+        since = max(self.last_note, self.yield_at if self.asked == 2 else self.deadline)
+        return since + IDLE_NS
+
+    def _overdue_at(self) -> int:
+        h = self.holder
+        assert h is not None
+        end = self.deadline + h.quantum
+        return min(end, self.yield_at + h.quantum) if self.asked == 2 else end
 
     def tick(self, now: int) -> List[Send]:
         """Revokes a holder that keeps others waiting without using the GPU."""
         h = self.holder
         if h is None or not self._waiters() or self.asked == 0:
             return []
-        idle = now - self.last_note >= IDLE_NS
-        overdue = now >= self.deadline + h.quantum or (self.asked == 2 and now >= self.yield_at + h.quantum)
-        if not (idle or overdue):
+        if now < min(self._idle_at(), self._overdue_at()):
             return []
-        used = (self.last_note - self.granted_at) if idle and not overdue else (now - self.granted_at)
-        self._end_turn(max(0, used), now)
+        # Charged the whole time it kept the GPU from the others.
+        self._end_turn(max(0, now - self.granted_at), now)
         self.revoked += 1
         return [(h.conn, P.Message(P.REVOKED))] + self._schedule(now)
 

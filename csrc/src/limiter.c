@@ -16,6 +16,7 @@
 struct device {
     pthread_mutex_t lock; /* one launching thread at a time through the pacer */
     struct vgpu_pacer pacer;
+    struct vgpu_arbd remote; /* the trusted arbiter daemon, when one is configured */
     _Atomic int capped; /* set last by configure(), with release order */
     CUevent marker; /* recorded behind a launch when the pacer asks */
     int marker_broken;
@@ -71,7 +72,11 @@ uint32_t vgpu_limiter_sample_power(int entry, uint64_t now_ns)
 
 void vgpu_limiter_reset_after_fork(void)
 {
-    /* The child holds no turn and has no events of its own. */
+    /* The child holds no turn and has no events of its own; the parent's
+     * connection to the arbiter daemon is not the child's. */
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++)
+        if (g_device[i].remote.fd >= 0 && g_device[i].remote.state != VGPU_ARBD_S_OFF)
+            vgpu_arbd_forget(&g_device[i].remote);
     memset(g_device, 0, sizeof g_device);
     for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
         atomic_store(&g_launches[i], 0);
@@ -124,6 +129,16 @@ static void configure(int entry)
     }
     int force = vgpu_config()->policy == VGPU_POLICY_FORCE;
     vgpu_pacer_init(&d->pacer, share, force, vgpu_config()->share_period_ns, arb, me);
+    vgpu_arbd_init(&d->remote, vgpu_config()->arbiter_socket, uuid, share, force);
+    if (d->remote.state != VGPU_ARBD_S_OFF) {
+        /* The first turn should already be the daemon's: wait a little for
+         * its welcome (once per process and GPU; a daemon that is down
+         * answers at once, one that hangs costs at most this). */
+        uint64_t start = mono_ns();
+        while (vgpu_arbd_pump(&d->remote, mono_ns()) == VGPU_ARBD_S_HELLO && mono_ns() - start < 100000000ull)
+            vgpu_arbd_wait(&d->remote, mono_ns(), mono_ns() + 5000000ull);
+        vgpu_pacer_use_remote(&d->pacer, &d->remote);
+    }
     if (force && vgpu_config()->power_aware) {
         vgpu_power_meter_open(&d->power, uuid);
         d->power_aware = d->power.usable;
@@ -248,7 +263,9 @@ static int gate(struct device *d, CUstream stream, int per_thread)
             atomic_store_explicit(&d->busy_ns, p->busy_ns, memory_order_relaxed);
             return 1;
         case VGPU_PACE_SLEEP:
-            if (next.until <= now + 100000u) {
+            if (p->remote && p->remote->state >= VGPU_ARBD_S_HELLO) {
+                vgpu_arbd_wait(p->remote, now, next.until); /* the daemon's grant ends it early */
+            } else if (next.until <= now + 100000u) {
                 sched_yield(); /* a turn is about to change hands */
             } else {
                 struct timespec ts = {(time_t)(next.until / 1000000000u), (long)(next.until % 1000000000u)};
@@ -314,6 +331,8 @@ CUresult vgpu_launch_enter(CUstream stream, int per_thread, struct vgpu_launch *
     }
     pthread_mutex_lock(&d->lock);
     uint32_t now_share = share ? share : 100; /* a cap lifted: turns that never wait */
+    if (d->remote.state == VGPU_ARBD_S_UP && d->remote.share < now_share)
+        now_share = d->remote.share; /* the trusted slice's share, as the daemon granted it */
     if (now_share != d->pacer.share) {
         vgpu_pacer_set_share(&d->pacer, now_share, vgpu_config()->share_period_ns);
         vgpu_arbiter_set_share(d->pacer.arb, d->pacer.me, now_share);
