@@ -153,6 +153,8 @@ class ArbiterServer:
         client.window_count += 1
         if client.window_count > MAX_MESSAGES_PER_SECOND:
             raise P.ProtocolError("too many messages")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%.6f <- pid %d op %d value %d", now / 1e9, client.pid, msg.op, msg.value)
         if msg.op == P.WANT:
             sends = gpu.want(tenant, msg.value, now)
         elif msg.op == P.DONE:
@@ -193,6 +195,8 @@ class ArbiterServer:
     def _carry_out(self, gpu: Gpu, sends: list[Send]) -> None:
         failed = []
         for client, msg in sends:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%.6f -> pid %d op %d", time.monotonic(), client.pid, msg.op)
             if not self._send(client, msg):
                 failed.append(client)
         for client in failed:

@@ -37,7 +37,7 @@ class Daemon:
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "hami_arbiter.cli", "--socket-dir", str(self.dir), "--backstop", "off",
-                "--log-level", "INFO"]
+                "--log-level", os.environ.get("HAMI_ARBITER_TEST_LOG", "INFO")]
         if self.grants is not None:
             argv += ["--grants-dir", str(self.grants)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -235,6 +235,30 @@ void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end, uint64_t gpu_ns)
     finish_turn(p, end, used);
 }
 
+uint64_t vgpu_pacer_idle_check(struct vgpu_pacer *p, uint64_t now)
+{
+    if (!p->remote)
+        return 0;
+    vgpu_arbd_pump(p->remote, now);
+    if (!p->holding || !p->turn_remote)
+        return 0;
+    if (!p->remote->holding) {
+        p->displaced++;
+        vgpu_arbd_take_revoked(p->remote);
+        end_turn(p, p->last_launch);
+        return 0;
+    }
+    if (!(p->remote->waiting || p->remote->yield) || !p->per_launch)
+        return 0; /* nobody waits, or no estimate yet: the daemon's own deadline applies */
+    uint64_t by_launch = p->last_launch + p->per_launch, by_work = p->turn_start + p->turn_work;
+    uint64_t end = by_launch > by_work ? by_launch : by_work;
+    if (now < end + 200 * US)
+        return end + 200 * US;
+    p->paused++;
+    end_turn(p, end);
+    return 0;
+}
+
 void vgpu_pacer_set_charge_scale(struct vgpu_pacer *p, uint32_t scale)
 {
     if (scale == 0 || !p->force)

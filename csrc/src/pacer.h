@@ -88,7 +88,7 @@ struct vgpu_pacer {
  * beyond the last completed marker: a holder asked to yield drains at most
  * about this much (twice it at worst), so a tenant under its share gets
  * the GPU within about one of the holder's kernels. */
-#define VGPU_PACER_INFLIGHT 2000000ull
+#define VGPU_PACER_INFLIGHT 1000000ull
 
 /* Sets the pacer up for a share (percent, 1..99) on an arbiter tenant; under
  * force a turn is the share of `period` (ns). */
@@ -117,6 +117,15 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
  * (timed events), or 0 when it was not timed: the turn is then charged from
  * its first launch call to `end`. */
 void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end, uint64_t gpu_ns);
+
+/* Between launches (another thread, the same lock as the launches): reads
+ * the daemon's messages; if this process holds a turn from it that another
+ * tenant waits for, and its work should be done by now (the estimate of its
+ * last launch's end), ends the turn, charged up to that end: a program that
+ * stopped launching (a notebook between cells) gives the GPU back at once
+ * instead of keeping the others waiting. Returns when to look again (0:
+ * when a message comes). */
+uint64_t vgpu_pacer_idle_check(struct vgpu_pacer *p, uint64_t now);
 
 /* After a launch: 1 if a marker should be recorded behind it (then call
  * vgpu_pacer_marker_recorded, or nothing if recording failed). */

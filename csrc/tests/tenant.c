@@ -102,6 +102,8 @@ int main(int argc, char **argv)
                 launch();
             cuCtxSynchronize();
             lat[i] = now_ns() - t0;
+            if (getenv("TENANT_VERBOSE"))
+                fprintf(stderr, "burst %d: %.3f ms\n", i, (double)lat[i] / 1e6);
         }
         qsort(lat, (size_t)n, sizeof *lat, cmp);
         printf("bursts p50 %.3f p99 %.3f max %.3f\n", (double)lat[n / 2] / 1e6,
