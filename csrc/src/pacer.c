@@ -5,6 +5,7 @@
 #define MS 1000000ull
 #define US 1000ull
 #define IDLE_DRAIN (50 * US) /* a drain this short found the GPU already idle */
+#define MAX_DRAIN_JITTER (1 * MS) /* the longest drain still taken for an idle GPU's (work_end) */
 
 void vgpu_pacer_set_share(struct vgpu_pacer *p, uint32_t share, uint64_t period)
 {
@@ -191,11 +192,21 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
  * charging the pause would make it wait for time it never used. */
 static uint64_t work_end(const struct vgpu_pacer *p, uint64_t end)
 {
-    int idle_gpu = end - p->drain_asked < IDLE_DRAIN;
-    if (!idle_gpu || p->drain_asked < p->last_launch + p->quantum)
+    if (p->drain_asked < p->last_launch + p->quantum)
         return end;
     uint64_t by_launch = p->last_launch + p->per_launch, by_work = p->turn_start + p->turn_work;
     uint64_t guess = by_launch > by_work ? by_launch : by_work;
+    /* A drain that returns at once found the GPU idle. One that took a
+     * little longer (the host scheduled out for a moment, an interrupt:
+     * about one drain in a hundred on an H200) is no sign of work still
+     * running when the estimate says the work ended long before: taking
+     * it for one charged the whole pause, and the next cell under `force`
+     * waited for that credit (211 ms at 30%). Work still running would
+     * mean an estimate wrong by far more than the drain took. */
+    uint64_t drain = end - p->drain_asked, since = p->drain_asked > guess ? p->drain_asked - guess : 0;
+    uint64_t jitter = since / 4 < MAX_DRAIN_JITTER ? since / 4 : MAX_DRAIN_JITTER;
+    if (drain >= IDLE_DRAIN && drain >= jitter)
+        return end;
     return guess < end ? guess : end;
 }
 
