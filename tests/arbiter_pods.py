@@ -70,8 +70,9 @@ class Daemon:
 class Node:
     """The fake GPU node: a shared directory (not under /tmp, which pods replace) and a daemon."""
 
-    def __init__(self, build: Path):
+    def __init__(self, build: Path, sanitized: bool = False):
         self.build = build
+        self.sanitized = sanitized
         self.base = Path(tempfile.mkdtemp(prefix="hami-arbiter-", dir="/var/tmp"))
         self.base.chmod(0o755)
         self.daemon = Daemon(self.base)
@@ -84,9 +85,16 @@ class Node:
     def pod(self, argv: list[str], slice_lines: dict[str, str] | None, env: dict[str, str], uid: int,
             launch_ns: int = 1_000_000) -> subprocess.Popen[str]:
         """Starts argv in a new pod as uid; slice_lines None: no slice file."""
+        preload = str(self.build / "csrc" / "libvgpu.so")
         full = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(self.build / "fakedrv"),
-                "LD_PRELOAD": str(self.build / "csrc" / "libvgpu.so"), "FAKE_CUDA_STATE": "/tmp/fake.state",
+                "LD_PRELOAD": preload, "FAKE_CUDA_STATE": "/tmp/fake.state",
                 "FAKE_CUDA_LAUNCH_NS": str(launch_ns), "LIBCUDA_LOG_LEVEL": "3", **env}
+        if self.sanitized:
+            # The sanitizer runtime has to come first in the process.
+            asan = subprocess.run(["cc", "-print-file-name=libasan.so"], capture_output=True,
+                                  text=True).stdout.strip()
+            full.update(LD_PRELOAD=f"{asan} {preload}", ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=99",
+                        UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=98")
         slice_text = "".join(f"{k}={v}\n" for k, v in (slice_lines or {}).items())
         install = ""
         if slice_lines is not None:

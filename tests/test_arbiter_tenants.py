@@ -26,9 +26,10 @@ from hami_arbiter import protocol as P
 pytestmark = pytest.mark.skipif(not CAN_MAKE_PODS, reason=WHY_NOT)
 
 
-@pytest.fixture
-def node() -> Iterator[Node]:
-    n = Node(build_tests("plain"))
+@pytest.fixture(params=["plain", "sanitized"])
+def node(request: pytest.FixtureRequest) -> Iterator[Node]:
+    """The node, with libvgpu and the tenants built plain and under ASan + UBSan."""
+    n = Node(build_tests(request.param), sanitized=request.param == "sanitized")
     n.daemon.start()
     yield n
     n.daemon.stop()
@@ -38,6 +39,15 @@ def node() -> Iterator[Node]:
 def _slice(node: Node, share: int, policy: str) -> dict[str, str]:
     return {"CUDA_DEVICE_SM_LIMIT": str(share), "GPU_CORE_UTILIZATION_POLICY": policy,
             "LIBVGPU_ARBITER_SOCKET": str(node.daemon.socket)}
+
+
+def _held(node: Node, shares: list[float], caps: list[int]) -> bool:
+    """Shares in proportion to the caps (within 4 points), never more than the GPU
+    together, and most of it used: a loaded host (or ASan's) leaves gaps at turns."""
+    total = sum(shares)
+    floor = 65 if node.sanitized else 80
+    return floor <= total <= 102 and all(abs(100 * s / total - c * 100 / sum(caps)) <= 4
+                                         for s, c in zip(shares, caps))
 
 
 def _busy_pods(node: Node, shares: list[int], policy: str, env: dict[str, str] | None = None,
@@ -52,14 +62,14 @@ def _busy_pods(node: Node, shares: list[int], policy: str, env: dict[str, str] |
 def test_two_pods_hold_30_70(node: Node, policy: str) -> None:
     a, b = _busy_pods(node, [30, 70], policy)
     print(f"{policy}: 30% pod {a:.1f}%, 70% pod {b:.1f}%")
-    assert 25 <= a <= 34 and 62 <= b <= 74 and a + b <= 102, (a, b)
+    assert _held(node, [a, b], [30, 70]), (a, b)
     assert sorted(s for _, s in node.daemon.joins()) == [30, 70]
 
 
 def test_four_pods_at_25(node: Node) -> None:
     shares = _busy_pods(node, [25] * 4, "default")
     print(f"four at 25%: {shares}")
-    assert all(20 <= s <= 29 for s in shares) and sum(shares) <= 102, shares
+    assert _held(node, shares, [25] * 4), shares
 
 
 def test_a_larger_cap_in_the_environment_gets_the_slices_share(node: Node) -> None:
@@ -70,7 +80,7 @@ def test_a_larger_cap_in_the_environment_gets_the_slices_share(node: Node) -> No
     honest = node.pod([node.tenant, "busy", *times], _slice(node, 70, "default"), {}, node.uid())
     a, b = busy_of(finish(lying)[0]), busy_of(finish(honest)[0])
     print(f"claims 90 in a 30% slice: {a:.1f}%, beside 70%: {b:.1f}%")
-    assert 25 <= a <= 34 and 62 <= b <= 74, (a, b)
+    assert _held(node, [a, b], [30, 70]), (a, b)
 
 
 def test_the_daemon_takes_the_share_from_the_hubs_grant_not_the_claim(tmp_path: Path) -> None:
@@ -94,7 +104,7 @@ def test_the_daemon_takes_the_share_from_the_hubs_grant_not_the_claim(tmp_path: 
         (grants / f"{shell}-{start}").write_text("CUDA_DEVICE_SM_LIMIT=30\n")
         a, b = busy_of(finish(server)[0]), busy_of(finish(other)[0])
         print(f"granted 30, claims 90: {a:.1f}%; beside 70: {b:.1f}%; joins {node.daemon.joins()}")
-        assert 25 <= a <= 34 and 62 <= b <= 74, (a, b)
+        assert _held(node, [a, b], [30, 70]), (a, b)
         assert sorted(s for _, s in node.daemon.joins()) == [30, 70]
     finally:
         node.daemon.stop()
@@ -160,7 +170,8 @@ def test_with_the_daemon_killed_tenants_keep_their_caps_and_rejoin(node: Node) -
     busy = [busy_of(out) for out, _ in results]
     print(f"force 30 and 50 with the daemon down 2 of 6 s: {busy}")
     # Under force each is held to its cap whether the daemon is up or not; never a stall.
-    assert 22 <= busy[0] <= 34 and 40 <= busy[1] <= 54, busy
+    low = 0.7 if node.sanitized else 0.8  # a loaded host (or ASan's) only ever lowers them
+    assert low * 30 <= busy[0] <= 32 and low * 50 <= busy[1] <= 52, busy
     for _, err in results:
         assert err.count("does not answer") == 1, err  # said once
     pids = [pid for pid, _ in node.daemon.joins()]
