@@ -33,8 +33,15 @@ def _grace(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line and exit 2, not argparse's usage block."""
+        print(f"hami-arbiter: {message} (see hami-arbiter --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hami-arbiter", description=(
+    p = _Parser(prog="hami-arbiter", description=(
         "Grants turns on this node's GPUs to every capped process, at the share of its trusted slice."))
     p.add_argument("--socket-dir", default=DEFAULT_SOCKET_DIR,
                    help="directory of the socket arbiter.sock (made 0755; the socket 0666)")

@@ -403,6 +403,14 @@ CUresult vgpu_launch_enter(CUstream stream, int per_thread, struct vgpu_launch *
     }
     pthread_mutex_lock(&d->lock);
     uint32_t now_share = share ? share : 100; /* a cap lifted: turns that never wait */
+    if (d->remote.state != VGPU_ARBD_S_OFF && now_share != d->remote.claim && !d->pacer.holding) {
+        /* The sub-slice was re-divided: the daemon must hear the new claim
+         * (it can only lower the slice's share). Rejoin with it. */
+        int warned = d->remote.warned;
+        vgpu_arbd_forget(&d->remote);
+        d->remote.claim = now_share;
+        d->remote.warned = warned;
+    }
     if (d->remote.state == VGPU_ARBD_S_UP && d->remote.share < now_share)
         now_share = d->remote.share; /* the trusted slice's share, as the daemon granted it */
     if (now_share != d->pacer.share) {
