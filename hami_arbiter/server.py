@@ -27,6 +27,8 @@ log = logging.getLogger("hami_arbiter")
 SOCKET_NAME = "arbiter.sock"
 HELLO_TIMEOUT = 5.0
 MAX_CLIENTS = 4096
+# One user cannot take every connection the daemon will hold.
+MAX_CLIENTS_PER_UID = 1024
 # A client sends at most a NOTE per 0.5 ms plus a few messages a turn; far
 # more than that is a flood, and the connection is dropped.
 MAX_MESSAGES_PER_SECOND = 20000
@@ -83,13 +85,23 @@ class ArbiterServer:
         assert self.listener is not None
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(self.listener)
-            if len(self.clients) >= MAX_CLIENTS:
+            try:
+                conn, _ = await loop.sock_accept(self.listener)
+            except OSError as exc:  # out of descriptors, say: later, not never
+                log.warning("cannot accept a client: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                conn.setblocking(False)
+                pid, uid, _gid = struct.unpack("3i", conn.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            except OSError:
                 conn.close()
                 continue
-            conn.setblocking(False)
-            pid, uid, _gid = struct.unpack("3i", conn.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            if len(self.clients) >= MAX_CLIENTS or \
+                    sum(1 for c in self.clients if c.uid == uid) >= MAX_CLIENTS_PER_UID:
+                conn.close()  # it paces itself at its own cap, and says so
+                continue
             client = Client(conn, pid, uid)
             self.clients.add(client)
             asyncio.ensure_future(self._serve_client(client))
@@ -125,6 +137,9 @@ class ArbiterServer:
             pass
         except asyncio.CancelledError:
             pass
+        except Exception as exc:  # a fault of ours: that client goes, the daemon stays
+            log.exception("pid %d: %s", client.pid, exc)
+            reason = f"an internal error ({exc})"
         self._drop(client, reason)
 
     def _hello(self, client: Client, msg: P.Message) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +21,7 @@ from pathlib import Path
 
 from cbuild import ROOT
 
-CAN_MAKE_PODS = os.geteuid() == 0 and all(
-    Path(d, tool).exists() for tool in ("unshare", "setpriv") for d in ("/usr/bin",))
+CAN_MAKE_PODS = os.geteuid() == 0 and all(shutil.which(tool) for tool in ("unshare", "setpriv"))
 WHY_NOT = "pods need root, unshare and setpriv (CI runs as root)"
 
 
