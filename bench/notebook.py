@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_go()
     rng = random.Random(args.seed)
     latencies = []
+    t0 = time.monotonic()
     gc.disable()
     try:
         for _ in range(args.bursts):
@@ -73,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             latencies.append((time.monotonic() - t0) * 1000)
     finally:
         gc.enable()
+    t1 = time.monotonic()
     ordered = sorted(latencies)
-    result = {"program": "notebook", "bursts": args.bursts, "matmuls_per_burst": count,
+    result = {"program": "notebook", "t0": t0, "t1": t1, "bursts": args.bursts, "matmuls_per_burst": count,
               "matmul_ms_alone": per_matmul_ms, "think_ms": [lo, hi], "latencies_ms": latencies,
               "p50_ms": percentile(ordered, 0.5), "p99_ms": percentile(ordered, 0.99), "max_ms": ordered[-1],
               "libvgpu_loaded": libvgpu_loaded()}

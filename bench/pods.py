@@ -47,8 +47,21 @@ MEASUREMENTS = ("alone", "pair", "four", "notebook", "force")
 MEMORY_LIMIT = "16g"
 
 
+POD_PROBE = """set -e
+mount --make-rprivate /
+top=$(mktemp -d -p /var/tmp)
+mount -t tmpfs none "$top"
+mkdir -p "$top/up" "$top/work"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$top/up,workdir=$top/work" /etc
+mount -t tmpfs -o mode=1777 none /tmp
+"""
+
+
 def can_make_pods() -> bool:
-    return os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("setpriv") is not None
+    """Root, unshare and setpriv, and the mounts a pod needs are allowed here (a container may forbid them)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        return False
+    return subprocess.run(["unshare", "--mount", "sh", "-c", POD_PROBE], capture_output=True).returncode == 0
 
 
 class Node:
@@ -150,7 +163,10 @@ def notebook_argv(bursts: int, matmuls: int = 0) -> List[str]:
 
 
 def common_rate(run: dict, lo: float, hi: float) -> float:
+    """The run's rate over its windows inside [lo, hi] (CLOCK_MONOTONIC seconds)."""
     windows = [w for w in run["windows"] if run["t0"] + w[0] >= lo and run["t0"] + w[1] <= hi]
+    if not windows:
+        raise SystemExit(f"pods: no window of the run inside [{lo:.3f}, {hi:.3f}]")
     return rate(windows)
 
 
@@ -225,7 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                node.start(busy_argv(busy_s), None)])
             nb_vgpu, busy_vgpu = together([node.start(notebook_argv(bursts, k), 30),
                                            node.start(busy_argv(busy_s), 70)])
-            keep = 100 * rate(steady(busy_vgpu["windows"])) / native
+            # The busy tenant's throughput while the notebook ran, of what it gets alone.
+            keep = 100 * common_rate(busy_vgpu, nb_vgpu["t0"], nb_vgpu["t1"]) / native
             results["notebook"] = {"alone": nb_alone, "beside_busy_native": nb_native, "busy_native": busy_native,
                                    "beside_busy_libvgpu": nb_vgpu, "busy_libvgpu": busy_vgpu, "busy_keeps": keep}
             for label, r in (("alone, no libvgpu", nb_alone), ("beside busy, no libvgpu", nb_native),
