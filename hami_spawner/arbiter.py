@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import logging
 import os
 import signal
@@ -30,6 +31,15 @@ log = logging.getLogger("hami_spawner.arbiter")
 SOCKET_NAME = "arbiter.sock"
 WATCH_SECONDS = 1.0
 START_SECONDS = 10.0
+
+
+def _die_with_the_hub() -> None:
+    """In the daemon's child, before exec: SIGTERM when the hub goes, however it goes
+    (PR_SET_PDEATHSIG), so that a killed hub leaves no daemon behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class ArbiterSupervisor:
@@ -61,7 +71,7 @@ class ArbiterSupervisor:
         self.proc = subprocess.Popen(
             [self.python, "-m", "hami_arbiter.cli", "--socket-dir", str(self.socket_dir),
              "--grants-dir", str(self.grants_dir), "--backstop", self.backstop],
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_the_hub)
         deadline = time.monotonic() + START_SECONDS
         while not self.socket.exists() and self.proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
