@@ -49,7 +49,7 @@ MEMORY_LIMIT = "16g"
 
 POD_PROBE = """set -e
 mount --make-rprivate /
-top=$(mktemp -d -p /var/tmp)
+top=$1
 mount -t tmpfs none "$top"
 mkdir -p "$top/up" "$top/work"
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$top/up,workdir=$top/work" /etc
@@ -61,7 +61,12 @@ def can_make_pods() -> bool:
     """Root, unshare and setpriv, and the mounts a pod needs are allowed here (a container may forbid them)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
         return False
-    return subprocess.run(["unshare", "--mount", "sh", "-c", POD_PROBE], capture_output=True).returncode == 0
+    top = tempfile.mkdtemp(prefix="hami-pod-probe-", dir="/var/tmp")
+    try:
+        return subprocess.run(["unshare", "--mount", "sh", "-c", POD_PROBE, "probe", top],
+                              capture_output=True).returncode == 0
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 class Node:
@@ -121,7 +126,7 @@ class Node:
         script = f"""
 set -e
 mount --make-rprivate /
-top=$(mktemp -d -p /var/tmp)
+top=$(mktemp -d -p {shlex.quote(str(self.base))})
 mount -t tmpfs none "$top"
 mkdir -p "$top/up" "$top/work"
 {install}
@@ -265,6 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         node.stop()
         results["arbiter_log"] = (node.base / "arbiter.log").read_text()[-20000:]
         save()
+        shutil.rmtree(node.base, ignore_errors=True)
     return 0
 
 

@@ -105,7 +105,7 @@ class Node:
         script = f"""
 set -e
 mount --make-rprivate /
-top=$(mktemp -d -p /var/tmp)
+top=$(mktemp -d -p {shlex.quote(str(self.base))})
 mount -t tmpfs none "$top"
 mkdir -p "$top/up" "$top/work" "$top/tmp"
 chmod 1777 "$top/tmp"

@@ -2,6 +2,7 @@
 how tenants are started and released together (stand-in workers)."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,9 +32,11 @@ def test_tenants_get_their_slice_and_start_together(tmp_path: Path) -> None:
     assert capped == {"LD_PRELOAD": "/nonexistent/libvgpu.so", "CUDA_DEVICE_SM_LIMIT": "30",
                       "GPU_CORE_UTILIZATION_POLICY": "force", "LIBVGPU_ARBITER_SOCKET": node.socket}
     assert native == dict.fromkeys(capped)  # no libvgpu at all
+    shutil.rmtree(node.base)
 
 
 def test_a_worker_that_fails_stops_the_run_with_its_output() -> None:
     node = pods.Node("/nonexistent/libvgpu.so", pods=False)
     with pytest.raises(SystemExit, match="did not get ready"):
         pods.together([node.start(["-c", "import sys; print('no GPU here'); sys.exit(1)"], None)])
+    shutil.rmtree(node.base)
