@@ -263,8 +263,13 @@ uint64_t vgpu_pacer_idle_check(struct vgpu_pacer *p, uint64_t now)
         return 0; /* nobody waits, or no estimate yet: the daemon's own deadline applies */
     uint64_t by_launch = p->last_launch + p->per_launch, by_work = p->turn_start + p->turn_work;
     uint64_t end = by_launch > by_work ? by_launch : by_work;
-    if (now < end + 200 * US)
-        return end + 200 * US;
+    /* Asked to yield (a tenant under its share waits): as soon as the work
+     * is done. Only told that someone waits: once the program has stopped
+     * launching for a while, not in the short host gaps of a program that
+     * synchronizes after each launch, whose turn would be cut up. */
+    uint64_t at = end + (p->remote->yield ? 200 * US : 1 * MS);
+    if (now < at)
+        return at;
     p->paused++;
     end_turn(p, end);
     return 0;

@@ -121,7 +121,8 @@ void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end, uint64_t gpu_ns);
 /* Between launches (another thread, the same lock as the launches): reads
  * the daemon's messages; if this process holds a turn from it that another
  * tenant waits for, and its work should be done by now (the estimate of its
- * last launch's end), ends the turn, charged up to that end: a program that
+ * last launch's end; a millisecond later unless asked to yield), ends the
+ * turn, charged up to that end: a program that
  * stopped launching (a notebook between cells) gives the GPU back at once
  * instead of keeping the others waiting. Returns when to look again (0:
  * when a message comes). */
