@@ -94,8 +94,7 @@ def parse_slice_text(text: str, key: str, source: str) -> TrustedSlice:
     malformed limit is UntrustedFile, never "no limit".
     """
     memory: list[int] = []
-    shares: list[int] = []
-    uncapped = False
+    shares: list[int] = []  # a device with no cap does not raise the others' share
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
@@ -108,13 +107,10 @@ def parse_slice_text(text: str, key: str, source: str) -> TrustedSlice:
                 memory.append(parse_env_memory(value, name))
             elif base == "CUDA_DEVICE_SM_LIMIT":
                 share = parse_env_cores(value, name)
-                if share is None:
-                    uncapped = True
-                else:
+                if share is not None:
                     shares.append(share)
         except ValueError as exc:
             raise UntrustedFile(f"{source}: {exc}") from None
-    del uncapped  # an uncapped device does not raise the others' share
     return TrustedSlice(key=key, memory_limit=min(memory) if memory else None,
                         compute_share=min(shares) if shares else None, source=source)
 
