@@ -143,10 +143,15 @@ exec setpriv --reuid={uid} --regid={uid} --clear-groups env -i \
 def together(procs: Sequence[subprocess.Popen], timeout: float = 240) -> List[dict]:
     """Waits for every worker's "ready", says "go" to all at once, and collects their JSON."""
     for p in procs:
-        line = p.stdout.readline()
-        if line.strip() != "ready":
-            out, err = p.communicate(timeout=30)
-            raise SystemExit(f"pods: a worker did not get ready: {line}{out}\n{err[-3000:]}")
+        seen = ""
+        while True:  # a library may print something of its own first
+            line = p.stdout.readline()
+            if line.strip() == "ready":
+                break
+            seen += line
+            if not line or len(seen) > 100_000:
+                out, err = p.communicate(timeout=30)
+                raise SystemExit(f"pods: a worker did not get ready: {seen}{out}\n{err[-3000:]}")
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
