@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -190,3 +191,45 @@ def test_a_notebook_beside_a_busy_tenant_waits_about_one_kernel(node: Node) -> N
     assert p50 <= 6.0, (p50, p99, worst)
     assert p99 <= 12.0, (p50, p99, worst)
     assert share >= 60, share
+
+
+@pytest.mark.parametrize("answer", ["garbage", "silence"])
+def test_a_daemon_that_answers_garbage_or_nothing_leaves_the_cap_in_place(node: Node, answer: str) -> None:
+    # Something else listens where the arbiter should: libvgpu says so once and
+    # paces itself at its cap (force 30%), never stalls, never runs unlimited.
+    path = node.base / "impostor.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(str(path))
+    path.chmod(0o666)
+    server.listen(8)
+    server.settimeout(0.2)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conns.append(conn)
+            if answer == "garbage":
+                conn.send(os.urandom(40))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        slice_lines = {"CUDA_DEVICE_SM_LIMIT": "30", "GPU_CORE_UTILIZATION_POLICY": "force",
+                       "LIBVGPU_ARBITER_SOCKET": str(path)}
+        out, err = finish(node.pod([node.tenant, "busy", *window(1.0, 2.0)], slice_lines, {}, node.uid()))
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+        for c in conns:
+            c.close()
+    busy = busy_of(out)
+    print(f"beside an impostor answering {answer}: {busy:.1f}%; {err.strip().splitlines()[0]}")
+    assert (0.7 if node.sanitized else 0.8) * 30 <= busy <= 32, busy
+    why = "a malformed answer" if answer == "garbage" else "no answer to HELLO within a second"
+    assert err.count("does not answer") == 1 and why in err, err
