@@ -112,8 +112,10 @@ class HamiSpawner(GpuChoiceMixin, KubeSpawner):
         (the DaemonSet in examples/kubernetes/arbiter-daemonset.yaml).  GPU pods
         mount it read-only (a hostPath, at the same path), and their slice file
         names its arbiter.sock, so that all capped processes on a GPU, whatever
-        pod they run in, take turns at their slices' shares.  "" turns the
-        mount and the line off: each pod then paces only its own processes.
+        pod they run in, take turns at their slices' shares.  The directory
+        must exist on the node (a hostPath of type Directory: the DaemonSet
+        creates it), or GPU pods do not start.  "" turns the mount and the
+        line off: each pod then paces only its own processes.
         """).tag(config=True)
     gpu_scheduler_name = Unicode("hami-scheduler", help="""
         schedulerName of pods with a GPU slice (HAMi's scheduler).  Empty: keep
