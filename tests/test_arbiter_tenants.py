@@ -67,6 +67,12 @@ def test_two_pods_hold_30_70(node: Node, policy: str) -> None:
     assert sorted(s for _, s in node.daemon.joins()) == [30, 70]
 
 
+def test_default_alone_through_the_arbiter_uses_the_idle_gpu(node: Node) -> None:
+    (alone,) = _busy_pods(node, [30], "default", length=2.0)
+    print(f"default 30% alone: {alone:.1f}%")
+    assert alone >= (75 if node.sanitized else 85), alone  # work-conserving: the idle GPU is used
+
+
 def test_four_pods_at_25(node: Node) -> None:
     shares = _busy_pods(node, [25] * 4, "default")
     print(f"four at 25%: {shares}")
