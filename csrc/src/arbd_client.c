@@ -17,6 +17,7 @@
 #define RETRY_NS (1000 * MS)   /* a daemon that is down is tried again once a second */
 #define WELCOME_NS (1000 * MS) /* a daemon that takes longer to answer HELLO is as good as down */
 #define NOTE_NS (500000ull)
+#define READ_NS (50000ull)     /* while holding, the daemon is read at most this often */
 
 void vgpu_arbd_init(struct vgpu_arbd *c, const char *path, const unsigned char uuid[16], uint32_t claim, int force)
 {
@@ -134,6 +135,9 @@ int vgpu_arbd_pump(struct vgpu_arbd *c, uint64_t now)
         if (c->state == VGPU_ARBD_S_DOWN)
             return c->state;
     }
+    if (c->state == VGPU_ARBD_S_UP && c->holding && now - c->last_read < READ_NS)
+        return c->state;
+    c->last_read = now;
     for (;;) {
         struct vgpu_arbd_msg m;
         ssize_t n = recv(c->fd, &m, sizeof m, MSG_DONTWAIT);

@@ -34,7 +34,7 @@ struct vgpu_arbd {
     int wanting, holding;
     int waiting, yield; /* the daemon asked the holder to end its turn (at the quantum's end / now) */
     int revoked;        /* the turn held was taken back; cleared by vgpu_arbd_take_revoked */
-    uint64_t deadline, last_note, retry_at, hello_at;
+    uint64_t deadline, last_note, retry_at, hello_at, last_read;
     int warned;
     uint64_t joins, losses;
 };
@@ -43,8 +43,9 @@ struct vgpu_arbd {
 void vgpu_arbd_init(struct vgpu_arbd *c, const char *path, const unsigned char uuid[16], uint32_t claim,
                     int force);
 
-/* Reads what the daemon said; (re)connects when DOWN and retry_at has passed.
- * Returns the state afterwards. */
+/* Reads what the daemon said (while holding a turn, at most every 50 us:
+ * a launch path of short kernels should not pay a system call each);
+ * (re)connects when DOWN and retry_at has passed. Returns the state afterwards. */
 int vgpu_arbd_pump(struct vgpu_arbd *c, uint64_t now);
 
 /* 1 if the turn is this process's; otherwise asks for it (once). */
