@@ -27,7 +27,8 @@ import copy
 from typing import Any
 
 from kubernetes_asyncio.client.models import (V1DownwardAPIVolumeFile, V1DownwardAPIVolumeSource,
-                                               V1ObjectFieldSelector, V1Volume, V1VolumeMount)
+                                               V1HostPathVolumeSource, V1ObjectFieldSelector, V1Volume,
+                                               V1VolumeMount)
 from kubespawner import KubeSpawner
 from traitlets import Bool, Dict, Enum, Integer, Unicode
 
@@ -47,16 +48,21 @@ UNLISTED = "--unlisted-choice"
 SLICE_ANNOTATION = "hami-jupyter.io/slice"
 SLICE_FILE_DIR, SLICE_FILE_NAME = "/etc/hami-jupyter", "slice"
 SLICE_VOLUME = "hami-jupyter-slice"
+ARBITER_VOLUME = "hami-jupyter-arbiter"
+ARBITER_SOCKET_NAME = "arbiter.sock"
 # What parse_memory accepts, for the browser's check of a free-form size.
 MEMORY_REGEX = r"^\s*[0-9]+(\.[0-9]+)?\s*([KkMmGgTt]([Ii][Bb]?)?|[Bb])?\s*$"
 
 
-def slice_file_text(size: Slice, region_path: str = "") -> str:
+def slice_file_text(size: Slice, region_path: str = "", arbiter_socket: str = "") -> str:
     """The slice file's NAME=VALUE lines (csrc/src/trusted.h): the limits libvgpu
-    holds the pod to, in the environment's language, and its region."""
+    holds the pod to, in the environment's language, its region, and the node's
+    arbiter daemon (hami-arbiter), through which it takes its turns on the GPU."""
     values = size.to_env()
     if region_path:
         values["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = region_path
+    if arbiter_socket:
+        values["LIBVGPU_ARBITER_SOCKET"] = arbiter_socket
     return ("# The GPU slice of this pod, from HamiSpawner; the environment may only tighten it.\n"
             + "".join(f"{name}={value}\n" for name, value in sorted(values.items())))
 
@@ -100,6 +106,16 @@ class HamiSpawner(GpuChoiceMixin, KubeSpawner):
         image's /etc/ld.so.preload a user with a terminal cannot lift the slice
         by unsetting LD_PRELOAD or raising the variables.  Off: the slice is
         only in the environment, which its user can change.
+        """).tag(config=True)
+    arbiter_socket_dir = Unicode("/run/hami-jupyter/arbiter", help="""
+        Bundled interceptor: the node's directory of the hami-arbiter socket
+        (the DaemonSet in examples/kubernetes/arbiter-daemonset.yaml).  GPU pods
+        mount it read-only (a hostPath, at the same path), and their slice file
+        names its arbiter.sock, so that all capped processes on a GPU, whatever
+        pod they run in, take turns at their slices' shares.  The directory
+        must exist on the node (a hostPath of type Directory: the DaemonSet
+        creates it), or GPU pods do not start.  "" turns the mount and the
+        line off: each pod then paces only its own processes.
         """).tag(config=True)
     gpu_scheduler_name = Unicode("hami-scheduler", help="""
         schedulerName of pods with a GPU slice (HAMi's scheduler).  Empty: keep
@@ -250,7 +266,14 @@ class HamiSpawner(GpuChoiceMixin, KubeSpawner):
             env.update(self.gpu_profile.slice.to_env())
             if self.region_path:
                 env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = self.region_path
+            if self.arbiter_socket:
+                env["LIBVGPU_ARBITER_SOCKET"] = self.arbiter_socket
         return env
+
+    @property
+    def arbiter_socket(self) -> str:
+        """The arbiter's socket as GPU pods see it; "" when it is off."""
+        return f"{self.arbiter_socket_dir.rstrip('/')}/{ARBITER_SOCKET_NAME}" if self.arbiter_socket_dir else ""
 
     def gpu_resources(self, size: Slice) -> dict[str, str]:
         """HAMi limits of a slice, under this cluster's resource names."""
@@ -280,9 +303,15 @@ class HamiSpawner(GpuChoiceMixin, KubeSpawner):
                                     **self.gpu_annotations(self.gpu_profile)}
         if self.gpu_scheduler_name:
             pod.spec.scheduler_name = self.gpu_scheduler_name
+        if self.interceptor == "bundled" and self.arbiter_socket_dir:
+            pod.spec.volumes = [*(pod.spec.volumes or []), V1Volume(
+                name=ARBITER_VOLUME, host_path=V1HostPathVolumeSource(path=self.arbiter_socket_dir,
+                                                                      type="Directory"))]
+            container.volume_mounts = [*(container.volume_mounts or []), V1VolumeMount(
+                name=ARBITER_VOLUME, mount_path=self.arbiter_socket_dir, read_only=True)]
         if self.interceptor == "bundled" and self.slice_file:
             pod.metadata.annotations[SLICE_ANNOTATION] = slice_file_text(self.gpu_profile.slice,
-                                                                         self.region_path)
+                                                                         self.region_path, self.arbiter_socket)
             pod.spec.volumes = [*(pod.spec.volumes or []), V1Volume(
                 name=SLICE_VOLUME, downward_api=V1DownwardAPIVolumeSource(default_mode=0o444, items=[
                     V1DownwardAPIVolumeFile(path=SLICE_FILE_NAME, field_ref=V1ObjectFieldSelector(

@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
-from traitlets import Bool, Unicode, default
+from traitlets import Bool, Enum, Unicode, default
 
 from hami_kernel import library_path, preload_first
 from hami_kernel.kernel_slice import REGION_ENV
 from hami_kernel.slice import Slice
+from hami_spawner.arbiter import ArbiterSupervisor, supervisor
 from hami_spawner.accounts import AccountError, cannot_run_message, lookup, why_cannot_run
 from hami_spawner.allocator import (STATE_VERSION, Allocator, NeverFits, NoCapacity, Placement,
                                    discover_gpus)
@@ -114,7 +115,33 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
         kernel provisioner.
         """)
 
+    arbiter = Bool(True, config=True, help="""
+        Start and supervise this hub's ``hami-arbiter`` (restarted if it dies),
+        through which every capped process on this machine takes its turns on
+        the GPUs at its server's slice, whatever user it runs as.  Servers get
+        LIBVGPU_ARBITER_SOCKET; each GPU server's slice is registered with the
+        daemon (a grant, keyed by the server's pid and start time).  Off:
+        each user's processes take turns only among themselves.
+        """)
+
+    arbiter_socket_dir = Unicode(config=True, help="""
+        Directory of the arbiter's socket (made 0755, the socket 0666).
+        Default: <region_root>/arbiter.  Its grants are kept beside it, in
+        <region_root>/arbiter-grants (mode 0700, the hub's user only).
+        """)
+
+    arbiter_backstop = Enum(["kill", "report", "off"], default_value="kill", config=True, help="""
+        The arbiter's memory backstop: a process of a slice found over its
+        memory limit on the GPU is killed ("kill"), reported, or left alone.
+        """)
+
     _placement: Placement | None = None
+    _arbiter: ArbiterSupervisor | None = None
+    _granted_pid = 0
+
+    @default("arbiter_socket_dir")
+    def _default_arbiter_socket_dir(self) -> str:
+        return str(Path(self.region_root) / "arbiter")
 
     @default("region_root")
     def _default_region_root(self) -> str:
@@ -232,6 +259,8 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
             return env
         env.update(self._placement.to_env())
         env[REGION_ENV] = str(self.region_path())
+        if self.arbiter:
+            env["LIBVGPU_ARBITER_SOCKET"] = str(Path(self.arbiter_socket_dir) / "arbiter.sock")
         if self.default_provisioner:
             env[PROVISIONER_ENV] = self.default_provisioner
         if self.preload_server:
@@ -258,8 +287,15 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
                                  f"ask the administrator.") from None
             self.log.info("GPU slice for %s: %s on %s", self._log_name, profile.slice.describe(),
                           ", ".join(self._placement.gpus))
+            if self.arbiter:
+                self._arbiter = supervisor(self.arbiter_socket_dir, str(Path(self.region_root) / "arbiter-grants"),
+                                           self.arbiter_backstop)
         try:
-            return await super().start()
+            started = await super().start()
+            if self._arbiter is not None and self._placement is not None and self.pid:
+                self._arbiter.grant(self.pid, self._placement.to_env())
+                self._granted_pid = self.pid
+            return started
         except PermissionError:
             self.release_placement()
             raise http_error(FORBIDDEN_STATUS, self._cannot_run_message()) from None
@@ -313,6 +349,9 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
 
     def release_placement(self) -> None:
         """Free this server's GPUs and remove its region (it has no processes left)."""
+        if self._arbiter is not None and self._granted_pid:
+            self._arbiter.revoke(self._granted_pid)
+            self._granted_pid = 0
         if self._placement is not None:
             released = self.allocator.release(self.placement_key)
             if released is not None:

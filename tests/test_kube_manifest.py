@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any, Awaitable, Callable, Iterator
 
 import kubernetes_validate
+import yaml
 import pytest
 from kubernetes_asyncio.config import kube_config
 from tornado import web
@@ -156,7 +157,11 @@ def test_example_profile_pod(name: str) -> None:
     assert pod["spec"]["containers"][0]["image"] == GPU_IMAGE
     # The same slice as a root-owned file libvgpu trusts over the environment.
     assert slice_file_of(pod) == {k: v for k, v in env.items() if k in (
-        "CUDA_DEVICE_MEMORY_LIMIT", "CUDA_DEVICE_SM_LIMIT", "CUDA_DEVICE_MEMORY_SHARED_CACHE")}
+        "CUDA_DEVICE_MEMORY_LIMIT", "CUDA_DEVICE_SM_LIMIT", "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+        "LIBVGPU_ARBITER_SOCKET")}
+    # The node's arbiter (the contract with the DaemonSet and the chart).
+    assert env["LIBVGPU_ARBITER_SOCKET"] == "/run/hami-jupyter/arbiter/arbiter.sock"
+    assert arbiter_mount_of(pod) is True
 
 
 def slice_file_of(pod: dict[str, Any]) -> dict[str, str] | None:
@@ -176,6 +181,28 @@ def slice_file_of(pod: dict[str, Any]) -> dict[str, str] | None:
     return dict(line.split("=", 1) for line in lines)
 
 
+def arbiter_mount_of(pod: dict[str, Any]) -> bool:
+    """Whether the notebook container mounts the node's arbiter directory, exactly as
+    the contract says (read-only hostPath of type Directory, at the same path)."""
+    mounts = [m for m in pod["spec"]["containers"][0].get("volumeMounts") or []
+              if m["name"] == "hami-jupyter-arbiter"]
+    volumes = [v for v in pod["spec"].get("volumes") or [] if v["name"] == "hami-jupyter-arbiter"]
+    if not mounts and not volumes:
+        return False
+    assert mounts == [{"name": "hami-jupyter-arbiter", "mountPath": "/run/hami-jupyter/arbiter",
+                       "readOnly": True}]
+    assert volumes == [{"name": "hami-jupyter-arbiter",
+                        "hostPath": {"path": "/run/hami-jupyter/arbiter", "type": "Directory"}}]
+    return True
+
+
+def test_the_arbiter_can_be_turned_off() -> None:
+    (pod,) = manifests([{"profile": "small"}], arbiter_socket_dir="")
+    assert arbiter_mount_of(pod) is False and "LIBVGPU_ARBITER_SOCKET" not in env_of(pod)
+    assert "LIBVGPU_ARBITER_SOCKET" not in (slice_file_of(pod) or {})
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
 def test_hami_core_interceptor_leaves_the_library_to_hami() -> None:
     (pod,) = manifests([{"profile": "small"}], interceptor="hami-core")
     env = env_of(pod)
@@ -185,6 +212,7 @@ def test_hami_core_interceptor_leaves_the_library_to_hami() -> None:
     assert gpu_limits(pod)["nvidia.com/gpumem"] == "4096"
     assert pod["spec"]["schedulerName"] == "hami-scheduler"
     assert slice_file_of(pod) is None  # HAMi-core reads no file of ours
+    assert arbiter_mount_of(pod) is False
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
 
 
@@ -368,3 +396,19 @@ def test_user_options_are_taken_by_the_choice_check_unless_the_admin_has_a_hook(
     config = example_config()
     config.Spawner.apply_user_options = {"image": "image"}
     assert with_spawner(hook_of, config=config) == {"image": "image"}
+
+
+def test_the_arbiter_daemonset_follows_the_contract() -> None:
+    path = Path(__file__).resolve().parent.parent / "examples" / "kubernetes" / "arbiter-daemonset.yaml"
+    ds = yaml.safe_load(path.read_text())
+    assert kubernetes_validate.validate(ds, K8S_VERSION, strict=True) == K8S_VERSION
+    spec = ds["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert spec["hostPID"] is True and container["securityContext"]["privileged"] is True
+    assert container["command"] == ["hami-arbiter", "--socket-dir", "/run/hami-jupyter/arbiter"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "utility"}
+    assert container["volumeMounts"] == [{"name": "hami-jupyter-arbiter", "mountPath": "/run/hami-jupyter/arbiter"}]
+    assert spec["volumes"] == [{"name": "hami-jupyter-arbiter", "hostPath": {
+        "path": "/run/hami-jupyter/arbiter", "type": "DirectoryOrCreate"}}]
+    assert container["image"] == GPU_IMAGE  # the single-user GPU image, which has hami-jupyter

@@ -193,7 +193,7 @@ def test_fake_driver_models_what_the_tests_rely_on(build: tuple[str, Path], tmp_
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
 
-PACING_CASES = ["share_changes_live", "pause_is_not_charged", "turn_edges", "power_scale", "force_power_headroom", "clock_order", "force_alone", "two_tenants", "four_tenants", "default_alone_borrows",
+PACING_CASES = ["share_changes_live", "notebook_force_no_stall", "pause_is_not_charged", "turn_edges", "power_scale", "force_power_headroom", "clock_order", "force_alone", "two_tenants", "four_tenants", "default_alone_borrows",
                 "no_banked_credit", "silent_holder_is_displaced", "force_beside_default"]
 
 

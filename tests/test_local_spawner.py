@@ -55,6 +55,7 @@ def config(tmp_path: Path) -> Config:
     c = Config()
     c.GpuProfiles.profiles = PROFILES
     c.LocalGpuSpawner.region_root = str(tmp_path / "regions")
+    c.LocalGpuSpawner.arbiter = False  # test_local_arbiter.py starts the real daemon
     return c
 
 

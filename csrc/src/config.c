@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "trusted.h"
+#include "vgpu_arbd.h"
 
 static struct vgpu_config g_config;
 static pthread_once_t g_loaded = PTHREAD_ONCE_INIT;
@@ -215,6 +216,14 @@ static void load(void)
     snprintf(g_config.arbiter_dir, sizeof g_config.arbiter_dir, "%s", arbiter ? arbiter : g_config.default_dir);
     g_config.arbiter_default = !arbiter;
 
+    const char *sock = env("LIBVGPU_ARBITER_SOCKET");
+    if (sock && (sock[0] != '/' || strlen(sock) >= sizeof g_config.arbiter_socket))
+        fail("LIBVGPU_ARBITER_SOCKET", sock, "expected an absolute path of at most 107 bytes");
+    else if (sock)
+        snprintf(g_config.arbiter_socket, sizeof g_config.arbiter_socket, "%s", sock);
+    else if (access(VGPU_ARBD_SOCKET_DEFAULT, F_OK) == 0)
+        snprintf(g_config.arbiter_socket, sizeof g_config.arbiter_socket, "%s", VGPU_ARBD_SOCKET_DEFAULT);
+
     const char *identity = env("LIBVGPU_IDENTITY");
     snprintf(g_config.identity, sizeof g_config.identity, "%s", identity ? identity : "");
 }
@@ -261,5 +270,9 @@ int vgpu_config_apply_trusted(const char *path)
     g_config.region_default = !t.region_path[0];
     snprintf(g_config.arbiter_dir, sizeof g_config.arbiter_dir, "%s", t.arbiter_dir[0] ? t.arbiter_dir : g_config.default_dir);
     g_config.arbiter_default = !t.arbiter_dir[0];
+    if (t.arbiter_socket[0]) {
+        snprintf(g_config.arbiter_socket, sizeof g_config.arbiter_socket, "%s", t.arbiter_socket);
+        g_config.arbiter_socket_trusted = 1;
+    }
     return 0;
 }

@@ -31,6 +31,10 @@ struct vgpu_config {
     uint64_t context_size; /* 0 = measure it */
     char region_path[4096];
     char arbiter_dir[4096];
+    /* The trusted arbiter daemon's socket (vgpu_arbd.h): the slice file's, the
+     * environment's, or the default path when it exists; "" = none. */
+    char arbiter_socket[108];
+    int arbiter_socket_trusted; /* it came from root's slice file */
     char default_dir[64];  /* /tmp/libvgpu.<euid>: private, 0700 */
     int region_default;    /* region_path is in default_dir */
     int arbiter_default;   /* arbiter_dir is default_dir */

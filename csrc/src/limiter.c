@@ -1,7 +1,9 @@
 #include "limiter.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <string.h>
 #include <time.h>
 
@@ -16,6 +18,7 @@
 struct device {
     pthread_mutex_t lock; /* one launching thread at a time through the pacer */
     struct vgpu_pacer pacer;
+    struct vgpu_arbd remote; /* the trusted arbiter daemon, when one is configured */
     _Atomic int capped; /* set last by configure(), with release order */
     CUevent marker; /* recorded behind a launch when the pacer asks */
     int marker_broken;
@@ -34,6 +37,7 @@ struct device {
 };
 
 static struct device g_device[VGPU_MAX_DEVICES];
+static pthread_once_t g_yielder_once = PTHREAD_ONCE_INIT;
 static _Atomic int g_configured[VGPU_MAX_DEVICES];
 static pthread_mutex_t g_configure_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint64_t g_launches[VGPU_MAX_DEVICES];
@@ -71,7 +75,11 @@ uint32_t vgpu_limiter_sample_power(int entry, uint64_t now_ns)
 
 void vgpu_limiter_reset_after_fork(void)
 {
-    /* The child holds no turn and has no events of its own. */
+    /* The child holds no turn and has no events of its own; the parent's
+     * connection to the arbiter daemon is not the child's. */
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++)
+        if (g_device[i].remote.fd >= 0 && g_device[i].remote.state != VGPU_ARBD_S_OFF)
+            vgpu_arbd_forget(&g_device[i].remote);
     memset(g_device, 0, sizeof g_device);
     for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
         atomic_store(&g_launches[i], 0);
@@ -79,6 +87,8 @@ void vgpu_limiter_reset_after_fork(void)
     }
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     g_configure_lock = fresh;
+    pthread_once_t once = PTHREAD_ONCE_INIT; /* the child has no yielder thread yet */
+    g_yielder_once = once;
     atomic_store(&g_single_entry, -1);
     atomic_store(&g_active_mask, 0u);
 }
@@ -95,6 +105,71 @@ static uint32_t share_of(int entry)
     uint32_t ceiling = vgpu_rt.sm_ceiling_of_entry[entry];
     share = ceiling && (!share || share > ceiling) ? ceiling : share;
     return vgpu_config()->policy == VGPU_POLICY_DISABLE || share >= 100 ? 0 : share;
+}
+
+/* The yielder: a thread that hears the arbiter daemon while the program is
+ * not launching (a notebook between cells), and gives back a turn someone
+ * waits for once its work is done (vgpu_pacer_idle_check). It never calls
+ * the driver, and takes a device's lock only when no launch holds it. */
+static void *yielder(void *arg)
+{
+    (void)arg;
+    uint64_t recheck[VGPU_MAX_DEVICES] = {0};
+    for (;;) {
+        struct pollfd fds[VGPU_MAX_DEVICES];
+        int entry_of[VGPU_MAX_DEVICES], n = 0;
+        uint64_t now = mono_ns(), next = now + 100000000ull;
+        for (int e = 0; e < VGPU_MAX_DEVICES; e++) {
+            struct vgpu_arbd *c = &g_device[e].remote;
+            if (!atomic_load_explicit(&g_device[e].capped, memory_order_acquire) || c->state < VGPU_ARBD_S_HELLO ||
+                c->fd < 0)
+                continue;
+            fds[n] = (struct pollfd){c->fd, POLLIN, 0};
+            entry_of[n++] = e;
+            if (recheck[e] && recheck[e] < next)
+                next = recheck[e];
+            /* The launching thread may have read the daemon's request itself
+             * and then stopped launching: look again soon while one stands. */
+            if (c->holding && (c->waiting || c->yield) && now + 1000000u < next)
+                next = now + 1000000u;
+        }
+        if (n == 0) {
+            struct timespec ts = {0, 50000000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        uint64_t wait = next > now ? next - now : 0;
+        struct timespec ts = {(time_t)(wait / 1000000000u), (long)(wait % 1000000000u)};
+        ppoll(fds, (nfds_t)n, &ts, NULL);
+        for (int i = 0; i < n; i++) {
+            int e = entry_of[i];
+            now = mono_ns();
+            struct vgpu_arbd *c = &g_device[e].remote;
+            int asked = c->holding && (c->waiting || c->yield);
+            if (!(fds[i].revents & POLLIN) && !(recheck[e] && now >= recheck[e]) && !asked)
+                continue;
+            if (pthread_mutex_trylock(&g_device[e].lock) != 0) {
+                /* A launch is in the pacer: it reads the daemon itself. */
+                struct timespec brief = {0, 500000};
+                nanosleep(&brief, NULL);
+                continue;
+            }
+            recheck[e] = vgpu_pacer_idle_check(&g_device[e].pacer, mono_ns());
+            pthread_mutex_unlock(&g_device[e].lock);
+        }
+    }
+    return NULL;
+}
+
+static void start_yielder(void)
+{
+    pthread_t t;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the program's signals are not its business */
+    if (pthread_create(&t, NULL, yielder, NULL) == 0)
+        pthread_detach(t);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 static void configure(int entry)
@@ -124,12 +199,24 @@ static void configure(int entry)
     }
     int force = vgpu_config()->policy == VGPU_POLICY_FORCE;
     vgpu_pacer_init(&d->pacer, share, force, vgpu_config()->share_period_ns, arb, me);
+    vgpu_arbd_init(&d->remote, vgpu_config()->arbiter_socket, uuid, share, force);
+    if (d->remote.state != VGPU_ARBD_S_OFF) {
+        /* The first turn should already be the daemon's: wait a little for
+         * its welcome (once per process and GPU; a daemon that is down
+         * answers at once, one that hangs costs at most this). */
+        uint64_t start = mono_ns();
+        while (vgpu_arbd_pump(&d->remote, mono_ns()) == VGPU_ARBD_S_HELLO && mono_ns() - start < 100000000ull)
+            vgpu_arbd_wait(&d->remote, mono_ns(), mono_ns() + 5000000ull);
+        vgpu_pacer_use_remote(&d->pacer, &d->remote);
+    }
     if (force && vgpu_config()->power_aware) {
         vgpu_power_meter_open(&d->power, uuid);
         d->power_aware = d->power.usable;
     }
     pthread_mutex_init(&d->lock, NULL);
     atomic_store_explicit(&d->capped, 1, memory_order_release);
+    if (d->remote.state != VGPU_ARBD_S_OFF)
+        pthread_once(&g_yielder_once, start_yielder);
     VGPU_DEBUG("compute share %u%% (%s) on device entry %d, quantum %llu us", share, force ? "force" : "default",
                entry, (unsigned long long)(d->pacer.quantum / 1000u));
 }
@@ -248,7 +335,9 @@ static int gate(struct device *d, CUstream stream, int per_thread)
             atomic_store_explicit(&d->busy_ns, p->busy_ns, memory_order_relaxed);
             return 1;
         case VGPU_PACE_SLEEP:
-            if (next.until <= now + 100000u) {
+            if (p->remote && p->remote->state >= VGPU_ARBD_S_HELLO) {
+                vgpu_arbd_wait(p->remote, now, next.until); /* the daemon's grant ends it early */
+            } else if (next.until <= now + 100000u) {
                 sched_yield(); /* a turn is about to change hands */
             } else {
                 struct timespec ts = {(time_t)(next.until / 1000000000u), (long)(next.until % 1000000000u)};
@@ -314,6 +403,16 @@ CUresult vgpu_launch_enter(CUstream stream, int per_thread, struct vgpu_launch *
     }
     pthread_mutex_lock(&d->lock);
     uint32_t now_share = share ? share : 100; /* a cap lifted: turns that never wait */
+    if (d->remote.state != VGPU_ARBD_S_OFF && now_share != d->remote.claim && !d->pacer.holding) {
+        /* The sub-slice was re-divided: the daemon must hear the new claim
+         * (it can only lower the slice's share). Rejoin with it. */
+        int warned = d->remote.warned;
+        vgpu_arbd_forget(&d->remote);
+        d->remote.claim = now_share;
+        d->remote.warned = warned;
+    }
+    if (d->remote.state == VGPU_ARBD_S_UP && d->remote.share < now_share)
+        now_share = d->remote.share; /* the trusted slice's share, as the daemon granted it */
     if (now_share != d->pacer.share) {
         vgpu_pacer_set_share(&d->pacer, now_share, vgpu_config()->share_period_ns);
         vgpu_arbiter_set_share(d->pacer.arb, d->pacer.me, now_share);

@@ -33,6 +33,7 @@
 
 #include <stdint.h>
 
+#include "arbd_client.h"
 #include "vgpu_arbiter.h"
 
 enum vgpu_pace {
@@ -51,8 +52,11 @@ struct vgpu_pacer {
     uint32_t share; /* percent, 1..99 */
     int force;
     uint64_t quantum, poll;
-    struct vgpu_arbiter *arb;
+    struct vgpu_arbiter *arb; /* the per-user turn files: the fallback */
     int me;
+    struct vgpu_arbd *remote; /* the trusted arbiter daemon, or NULL (arbd_client.h) */
+    int turn_remote;          /* the turn held came from the daemon */
+    uint64_t yields;          /* turns ended early for a tenant under its share */
     int holding;
     uint64_t turn_start, deadline, last_launch, last_note;
     uint64_t turn_launches, turn_work; /* launches in this turn, and their estimated GPU time */
@@ -60,6 +64,7 @@ struct vgpu_pacer {
     int marker;                        /* 1 = record one after the next launch; 2 = one is out */
     int marker_is_probe;               /* it times one launch (else it ends a quantum) */
     uint64_t marker_at;
+    uint64_t marker_work;              /* turn_work when the outstanding marker was recorded */
     int64_t credit;                    /* force: GPU time this process may still use */
     uint32_t charge_scale;             /* force: a turn costs its length times this / 1024 (power.h) */
     int scale_known;
@@ -79,10 +84,20 @@ struct vgpu_pacer {
  * return) take tens to hundreds of microseconds; more means missed work. */
 #define VGPU_PACER_EDGE_MAX 1000000ull
 
+/* In a turn from the arbiter daemon, the most estimated GPU work queued
+ * beyond the last completed marker: a holder asked to yield drains at most
+ * about this much (twice it at worst), so a tenant under its share gets
+ * the GPU within about one of the holder's kernels. */
+#define VGPU_PACER_INFLIGHT 1000000ull
+
 /* Sets the pacer up for a share (percent, 1..99) on an arbiter tenant; under
  * force a turn is the share of `period` (ns). */
 void vgpu_pacer_init(struct vgpu_pacer *p, uint32_t share, int force, uint64_t period, struct vgpu_arbiter *arb,
                      int me);
+
+/* Takes turns from the arbiter daemon whenever it is up (`remote` stays the
+ * caller's); the turn files are the fallback. */
+void vgpu_pacer_use_remote(struct vgpu_pacer *p, struct vgpu_arbd *remote);
 
 /* The share changed while running (percent, 1..100): takes effect from the
  * next turn; credit already earned is kept. */
@@ -102,6 +117,16 @@ struct vgpu_pacer_decision vgpu_pacer_before_launch(struct vgpu_pacer *p, uint64
  * (timed events), or 0 when it was not timed: the turn is then charged from
  * its first launch call to `end`. */
 void vgpu_pacer_drained(struct vgpu_pacer *p, uint64_t end, uint64_t gpu_ns);
+
+/* Between launches (another thread, the same lock as the launches): reads
+ * the daemon's messages; if this process holds a turn from it that another
+ * tenant waits for, and its work should be done by now (the estimate of its
+ * last launch's end; a millisecond later unless asked to yield), ends the
+ * turn, charged up to that end: a program that
+ * stopped launching (a notebook between cells) gives the GPU back at once
+ * instead of keeping the others waiting. Returns when to look again (0:
+ * when a message comes). */
+uint64_t vgpu_pacer_idle_check(struct vgpu_pacer *p, uint64_t now);
 
 /* After a launch: 1 if a marker should be recorded behind it (then call
  * vgpu_pacer_marker_recorded, or nothing if recording failed). */

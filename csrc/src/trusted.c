@@ -82,6 +82,8 @@ static int one_setting(struct vgpu_trusted *t, const char *name, const char *val
         return set_path(t->region_path, sizeof t->region_path, value);
     if (strcmp(name, "LIBVGPU_ARBITER_DIR") == 0)
         return set_path(t->arbiter_dir, sizeof t->arbiter_dir - 64, value);
+    if (strcmp(name, "LIBVGPU_ARBITER_SOCKET") == 0)
+        return set_path(t->arbiter_socket, 108, value); /* sockaddr_un's sun_path */
     return -2;
 }
 

@@ -8,7 +8,8 @@
  * otherwise) holds NAME=VALUE lines, '#' comments and blank lines, with the
  * names and languages of the environment: CUDA_DEVICE_MEMORY_LIMIT[_<i>],
  * CUDA_DEVICE_SM_LIMIT[_<i>], GPU_CORE_UTILIZATION_POLICY,
- * CUDA_DEVICE_MEMORY_SHARED_CACHE and LIBVGPU_ARBITER_DIR. On Kubernetes it
+ * CUDA_DEVICE_MEMORY_SHARED_CACHE, LIBVGPU_ARBITER_DIR and
+ * LIBVGPU_ARBITER_SOCKET (the arbiter daemon, vgpu_arbd.h). On Kubernetes it
  * is the pod's annotation written by the kubelet (a downward-API file). It
  * must be a regular file owned by root that nobody else may write; links
  * are followed (the kubelet's files are links), since only root can make
@@ -35,6 +36,7 @@ struct vgpu_trusted {
     int policy;                              /* -1: not set, else enum vgpu_policy */
     char region_path[4096];                  /* "": not set */
     char arbiter_dir[4096];                  /* "": not set */
+    char arbiter_socket[108];                /* "": not set (the trusted arbiter daemon's socket) */
 };
 
 /* Reads the file at path. Returns 1 if it was read, 0 if there is none,

@@ -59,6 +59,8 @@ struct tenant {
     uint64_t pause_at, pause_len; /* one pause in launching (think time), if pause_len */
     uint64_t resumed_at;          /* its first launch after the pause */
     int timed;                    /* times its turns as LIBVGPU_TURN_CHARGE=gpu does */
+    uint64_t cell_launches, think; /* a notebook: cells of this many launches, then think time */
+    uint64_t cell_wanted, in_cell, cells, cell_lat[1024];
     uint64_t turn_begin;          /* when the GPU reached the turn's first launch */
     double window_busy[MAX_WINDOWS];
     double busy;
@@ -70,6 +72,9 @@ static uint64_t g_gpu_free;
  * does not. A synchronizing loop's short gaps do not pay it. 0 unless a case
  * sets it. */
 static uint64_t g_gpu_start;
+/* Every g_drain_jitter_every-th drain of an idle GPU takes g_drain_jitter
+ * (a host that is scheduled out for a moment, an interrupt): 0 = never. */
+static uint64_t g_drain_jitter, g_drain_jitter_every, g_idle_drains;
 
 /* A power-limited GPU (power.h): while it is not kept busy it runs work
  * `boost` times faster than at full load, drawing `on_w` while busy and
@@ -114,6 +119,16 @@ static void launch(struct tenant *t, uint64_t now)
     }
     /* The next launch: after the CPU gap, after this one finishes if the
      * program synchronizes, and never with more than QUEUE pending. */
+    if (t->cell_launches && ++t->in_cell == t->cell_launches) {
+        /* The cell synchronizes, and the user thinks before the next. */
+        if (t->cells < 1024)
+            t->cell_lat[t->cells] = end - t->cell_wanted;
+        t->cells++;
+        t->in_cell = 0;
+        t->launches++;
+        t->at = t->cell_wanted = end + t->think;
+        return;
+    }
     uint64_t oldest = t->queue_end[t->launches % QUEUE];
     t->queue_end[t->launches % QUEUE] = end;
     t->launches++;
@@ -155,6 +170,8 @@ static void step(struct tenant *t)
     case VGPU_PACE_DRAIN:
         t->phase = DRAINING;
         t->at = t->last_end > now ? t->last_end : now;
+        if (t->last_end <= now && g_drain_jitter_every && ++g_idle_drains % g_drain_jitter_every == 0)
+            t->at += g_drain_jitter;
         break;
     case VGPU_PACE_WAIT_MARKER:
         t->phase = WAITING_MARKER;
@@ -484,6 +501,40 @@ static void case_pause_is_not_charged(void)
     }
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A notebook alone under force 30%: 500 cells of two 1 ms kernels, 60 ms of
+ * think time apart, where one drain of an idle GPU in 50 takes 120 us (the
+ * host scheduled out for a moment). Such a drain used to be taken for work
+ * still running: the turn was charged the whole think time, and the next
+ * cell waited 200 ms for credit (the H200's "one cell in a hundred took 211
+ * ms"). Every cell must now take about as long as the others. */
+static void case_notebook_force_no_stall(void)
+{
+    const struct shape cells = {"notebook cells", 1000 * US, 5 * US, 0};
+    struct tenant t;
+    g_drain_jitter = 120 * US;
+    g_drain_jitter_every = 50;
+    g_idle_drains = 0;
+    setup(&t, fresh_arbiter(), cells, 30, 1, 0, 60 * SEC);
+    t.cell_launches = 2;
+    t.think = 60 * MS;
+    t.cell_wanted = 0;
+    simulate(&t, 1);
+    g_drain_jitter = g_drain_jitter_every = 0;
+    uint64_t n = t.cells < 1024 ? t.cells : 1024;
+    CHECK(n >= 500, "only %llu cells", (unsigned long long)n);
+    qsort(t.cell_lat, n, sizeof t.cell_lat[0], cmp_u64);
+    double p50 = (double)t.cell_lat[n / 2] / 1e6, worst = (double)t.cell_lat[n - 1] / 1e6;
+    printf("force 30%% notebook, %llu cells: p50 %.2f ms, max %.2f ms, %llu turns ended in a pause\n",
+           (unsigned long long)n, p50, worst, (unsigned long long)t.pacer.paused);
+    CHECK(worst <= 3 * p50, "a cell took %.2f ms, the median %.2f ms", worst, p50);
+}
+
 /* A GPU that takes 150 µs to reach a turn's first launch after an idle gap
  * (the H100's loss per turn in bench/RESULTS.md was of that size). Charged
  * by host time, a turn pays for that edge and short turns (10%: 2 ms) fall
@@ -538,6 +589,7 @@ static void case_share_changes_live(void)
 
 static const struct test_case g_cases[] = {
     {"share_changes_live", case_share_changes_live},
+    {"notebook_force_no_stall", case_notebook_force_no_stall},
     {"power_scale", case_power_scale},
     {"force_power_headroom", case_force_power_headroom},
     {"clock_order", case_clock_order},

@@ -1,0 +1,141 @@
+"""hami_arbiter.scheduler on a simulated clock: shares, prompt turns, revocation."""
+
+from __future__ import annotations
+
+from hami_arbiter import protocol as P
+from hami_arbiter.scheduler import IDLE_NS, MS, Gpu, Tenant
+
+Q = 10 * MS
+
+
+class Sim:
+    """Busy tenants that want the GPU again the moment they give it back."""
+
+    def __init__(self, shares: list[int]):
+        self.gpu = Gpu(bytes(16))
+        self.now = 0
+        self.tenants = [Tenant(conn=i, share=s) for i, s in enumerate(shares)]
+        self.sent: list[tuple[int, int]] = []
+        for t in self.tenants:
+            self.gpu.join(t, self.now)
+        for t in self.tenants:
+            self.record(self.gpu.want(t, Q, self.now))
+
+    def record(self, sends: list) -> None:
+        self.sent += [(conn, msg.op) for conn, msg in sends]
+
+    def run_busy(self, seconds: float) -> list[int]:
+        end = self.now + int(seconds * 1e9)
+        while self.now < end:
+            h = self.gpu.holder
+            assert h is not None
+            self.now += h.quantum
+            if self.gpu.asked:  # as libvgpu does: told that someone is due, it ends the turn
+                self.record(self.gpu.done(h, h.quantum, self.now))
+                self.record(self.gpu.want(h, Q, self.now))
+            else:
+                self.record(self.gpu.charge(h, h.quantum, self.now))
+        return [t.used_ns for t in self.tenants]
+
+
+def test_busy_tenants_get_their_shares() -> None:
+    for shares in ([30, 70], [25, 25, 25, 25], [10, 20, 70]):
+        used = Sim(shares).run_busy(20)
+        total = sum(used)
+        for share, u in zip(shares, used):
+            assert abs(100 * u / total - share) < 1.0, (shares, used)
+
+
+def test_a_newcomer_has_no_start_up_credit() -> None:
+    sim = Sim([50])
+    sim.run_busy(5)
+    late = Tenant(conn=9, share=50)
+    sim.tenants.append(late)
+    sim.gpu.join(late, sim.now)
+    sim.record(sim.gpu.want(late, Q, sim.now))
+    assert (0, P.YIELD) not in sim.sent  # it waits for the quantum's end, not more
+    before = [t.used_ns for t in sim.tenants]
+    used = sim.run_busy(10)
+    gained = [u - b for u, b in zip(used, before)]
+    assert abs(gained[0] - gained[1]) <= 2 * Q
+
+
+def test_a_returning_light_tenant_gets_a_prompt_turn() -> None:
+    g = Gpu(bytes(16))
+    busy, light = Tenant(conn="busy", share=70), Tenant(conn="light", share=30)
+    for t in (busy, light):
+        g.join(t, 0)
+    g.want(busy, Q, 0)
+    now = 0
+    for burst in range(50):  # the light tenant: 2 ms bursts after 30 ms of think time
+        sends = g.want(light, Q, now)
+        if g.holder is busy:
+            # From its second burst on, it has been idle: the holder yields at once.
+            assert burst == 0 or ("busy", P.YIELD) in [(c, m.op) for c, m in sends]
+            now += 100_000 if burst else Q  # the holder yields at its next launch
+            g.done(busy, 30 * MS, now)
+        assert g.holder is light
+        g.want(busy, Q, now)
+        now += 2 * MS
+        g.done(light, 2 * MS, now)
+        assert g.holder is busy
+        now += 30 * MS
+        g.charge(busy, 30 * MS, now)
+
+
+def test_an_idle_holder_loses_its_turn_to_a_waiter() -> None:
+    g = Gpu(bytes(16))
+    a, b = Tenant(conn="a", share=50), Tenant(conn="b", share=50)
+    g.join(a, 0)
+    g.join(b, 0)
+    g.want(a, Q, 0)
+    g.want(b, Q, 0)
+    assert g.tick(IDLE_NS - 1) == []
+    # Past its quantum (it may be draining until then), it has not launched
+    # for IDLE_NS: the turn is taken back, and charged as held.
+    due = g.next_check()
+    assert due == Q + IDLE_NS
+    assert g.tick(due - 1) == []
+    sends = g.tick(due)
+    assert [(c, m.op) for c, m in sends] == [("a", P.REVOKED), ("b", P.GRANT)]
+    assert g.holder is b and a.used_ns == due
+
+
+def test_a_holder_that_keeps_launching_past_its_turn_is_revoked() -> None:
+    g = Gpu(bytes(16))
+    a, b = Tenant(conn="a", share=50), Tenant(conn="b", share=50)
+    g.join(a, 0)
+    g.join(b, 0)
+    g.want(a, Q, 0)
+    g.want(b, Q, 0)
+    assert g.asked  # b is due at a's quantum's end
+    now = 0
+    while g.holder is a:
+        now += MS // 2
+        g.note(a, now)
+        g.tick(now)
+    assert g.holder is b and now <= 2 * Q + MS and a.used_ns >= 2 * Q
+
+
+def test_a_holder_that_leaves_frees_the_gpu_at_once() -> None:
+    g = Gpu(bytes(16))
+    a, b = Tenant(conn="a", share=50), Tenant(conn="b", share=50)
+    g.join(a, 0)
+    g.join(b, 0)
+    g.want(a, Q, 0)
+    g.want(b, Q, 0)
+    sends = g.leave(a, 3 * MS)
+    assert [(c, m.op) for c, m in sends][0] == ("b", P.GRANT)
+
+
+def test_charges_are_bounded_by_what_the_daemon_saw() -> None:
+    g = Gpu(bytes(16))
+    a = Tenant(conn="a", share=50)
+    g.join(a, 0)
+    g.want(a, Q, 0)
+    g.note(a, 8 * MS)
+    g.done(a, 0, 9 * MS)  # says it used nothing, but launched until 8 ms
+    assert a.used_ns == 8 * MS
+    g.want(a, Q, 10 * MS)
+    g.done(a, 10**12, 11 * MS)  # says far more than it held
+    assert a.used_ns == 9 * MS
