@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import logging
 import signal
 import sys
 from typing import Optional, Sequence
 
-from hami_arbiter import slices
+from hami_arbiter import backstop, slices
 from hami_arbiter.server import ArbiterServer
 
 DEFAULT_SOCKET_DIR = "/run/hami-jupyter/arbiter"
@@ -56,14 +55,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def start_backstop(args: argparse.Namespace) -> Optional["asyncio.Task[None]"]:
-    """INTEGRATION POINT: starts the trusted memory backstop (hami_arbiter/backstop.py,
-    issue 15) beside the turns, with the same slice resolver.  Does nothing while
-    that module is absent or --backstop is off."""
-    if args.backstop == "off" or importlib.util.find_spec("hami_arbiter.backstop") is None:
+    """The trusted memory backstop (hami_arbiter/backstop.py) beside the turns, with the
+    same slice resolver; its events go under the socket directory, which GPU pods mount."""
+    runner = backstop.from_options(slices.slice_of, args.backstop, args.backstop_grace, args.socket_dir)
+    if runner is None:
         return None
-    from hami_arbiter import backstop  # noqa: PLC0415  (optional until integrated)
-
-    runner = backstop.Backstop(slice_of=slices.slice_of, action=args.backstop, grace=args.backstop_grace)
+    log.info("backstop: %s slices over their VRAM limit after %.1f s", args.backstop, args.backstop_grace)
     return asyncio.ensure_future(runner.run())
 
 
@@ -78,11 +75,11 @@ async def _run(args: argparse.Namespace) -> int:
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    backstop = start_backstop(args)
+    watching = start_backstop(args)
     serving = asyncio.ensure_future(server.serve())
     log.info("hami-arbiter listening on %s", server.path)
     await asyncio.wait([stop, serving], return_when=asyncio.FIRST_COMPLETED)
-    for task in (serving, backstop):
+    for task in (serving, watching):
         if task is not None:
             task.cancel()
     server.close()

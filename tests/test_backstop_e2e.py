@@ -141,3 +141,50 @@ def test_the_nvml_reader_lists_each_gpus_processes_from_the_driver(fakedrv, tmp_
     finally:
         other.kill()
         other.wait()
+
+
+CHARGE = textwrap.dedent("""
+    import ctypes, sys
+    cuda = ctypes.CDLL(sys.argv[1] + "/libcuda.so.1")
+    cuda.fake_cuda_charge_pid.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_ulonglong]
+    assert cuda.fake_cuda_charge_pid(0, int(sys.argv[2]), int(sys.argv[3])) == 0
+""")
+
+
+def test_the_daemon_kills_a_granted_servers_process_over_its_slice(fakedrv, tmp_path):
+    """hami-arbiter as the hub runs it: the slice comes from the hub's grant, NVML is the
+    driver's (the fake's libnvidia-ml.so.1 found as the real one is), and the backstop it
+    starts kills the process over the slice after the grace; users find the event under
+    the socket directory, which is what GPU pods mount."""
+    from hami_arbiter.slices import proc_stat  # noqa: PLC0415
+
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(fakedrv), "FAKE_CUDA_STATE": str(tmp_path / "fake.state"),
+           "FAKE_CUDA_DEVICE_MEMORY": "8g", "PYTHONPATH": ":".join(sys.path)}
+    sock_dir, grants = tmp_path / "arbiter", tmp_path / "grants"
+    grants.mkdir(mode=0o700)
+    victim = subprocess.Popen(["sleep", "120"])
+    (grants / f"{victim.pid}-{proc_stat(victim.pid)[1]}").write_text("CUDA_DEVICE_MEMORY_LIMIT=1g\n")
+    daemon = subprocess.Popen([sys.executable, "-m", "hami_arbiter.cli", "--socket-dir", str(sock_dir),
+                               "--grants-dir", str(grants), "--backstop", "kill", "--backstop-grace", "1"],
+                              env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (sock_dir / "arbiter.sock").exists():
+            assert daemon.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        subprocess.run([sys.executable, "-c", CHARGE, str(fakedrv), str(victim.pid), str(3 << 29)],
+                       env=env, check=True, timeout=60)
+        charged = time.monotonic()
+        assert victim.wait(timeout=30) == -9
+        assert time.monotonic() - charged >= 1.0 - 0.05, "killed inside the grace"
+        events = list((sock_dir / "events").rglob("*.jsonl"))
+        assert events and f"killed sleep (pid {victim.pid})" in events[0].read_text()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    assert "backstop: kill slices over their VRAM limit after 1.0 s" in err
+    assert "the slice holds 1.5 GiB of its 1 GiB" in err
