@@ -13,7 +13,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from . import backstop_events, check, status, watch
+from . import backstop_events, check, status, status_text, watch
 
 __all__ = ["load_ipython_extension", "unload_ipython_extension", "VgpuMagics", "USAGE"]
 
@@ -66,9 +66,9 @@ def _show() -> None:
     snapshot = status.gather()
     # The backstop's latest events, if it ever acted on this slice: a process killed matters more than the bars.
     events = backstop_events.read_events(limit=3)
-    text = "\n".join(t for t in (status.format_text(snapshot), backstop_events.format_text(events)) if t)
+    text = "\n".join(t for t in (status_text.format_text(snapshot), backstop_events.format_text(events)) if t)
     # Both forms always: a notebook renders the HTML, a terminal prints the text.
-    display({"text/plain": text, "text/html": status.format_html(snapshot) + backstop_events.format_html(events)},
+    display({"text/plain": text, "text/html": status_text.format_html(snapshot) + backstop_events.format_html(events)},
             raw=True)
 
 

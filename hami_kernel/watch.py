@@ -25,8 +25,9 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from .status import NOT_APPLIED, DeviceStatus, SliceStatus, cap_text, describe_configured, gather, \
-    memory_text, no_devices_reason, share_text, short_identity, short_uuid, status_line
+from .status import NOT_APPLIED, DeviceStatus, SliceStatus, describe_configured, gather
+from .status_text import cap_text, memory_text, no_devices_reason, share_text, short_identity, short_uuid, \
+    status_line
 
 __all__ = ["Watcher", "start", "stop", "current", "watch_text", "widgets_usable"]
 

@@ -153,7 +153,8 @@ def test_the_idle_file_tells_vgpu_in_the_kernels(shutdown_server: Server) -> Non
              timeout=30)
     # %vgpu in the small kernel (idle past the threshold, below min_memory): its row says IDLE.
     small = next(k for k, v in usage.items() if v["path"] == "small.ipynb")
-    text = srv.execute(small, "import hami_kernel.status as _s\n_t = _s.format_text(_s.gather())", "_t")
+    text = srv.execute(small, "from hami_kernel import status, status_text\n"
+                              "_t = status_text.format_text(status.gather())", "_t")
     row = next(line for line in text.splitlines() if small[:8] + "*" in line)
     assert re.search(r"\b\d+ s IDLE$", row), text
     executing = next(k for k, v in usage.items() if v["path"] == "executing.ipynb")

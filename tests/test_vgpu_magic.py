@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import types
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,7 +23,7 @@ import hami_kernel
 from cbuild import Runner, build_tests
 from kernel_code import ALLOCATOR
 from hami_kernel import ipython as vgpu_ipython
-from hami_kernel import check, status, watch
+from hami_kernel import check, status, status_text, watch
 from hami_kernel.region import read_region
 from hami_kernel.slice import format_memory
 
@@ -182,7 +181,7 @@ def test_status_without_an_identity_finds_the_process_by_pid(runner: Runner, two
     got = status.gather(pid=my_pid)
     assert got.identity is None
     assert [d.own.memory_used for d in got.devices if d.own] == [CONTEXT + 100 * MiB, CONTEXT + 200 * MiB]
-    assert status.format_text(got).startswith(f"vgpu: this process (pid {my_pid})")
+    assert status_text.format_text(got).startswith(f"vgpu: this process (pid {my_pid})")
 
 
 def test_status_before_the_region_exists(shell: Any, env: dict[str, str], runner: Runner) -> None:
@@ -205,7 +204,7 @@ def test_status_with_per_device_and_malformed_limits(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CUDA_DEVICE_MEMORY_LIMIT_1", "2g")
     monkeypatch.setenv("LIBVGPU_PROCESS_SM_LIMIT", "100")
     monkeypatch.setenv("LIBVGPU_PROCESS_MEMORY_LIMIT", "4gb")
-    text = status.format_text(status.gather())
+    text = status_text.format_text(status.gather())
     assert "  slice VRAM: 1 GiB per GPU, device 1: 2 GiB\n" in text
     assert "  this kernel's compute cap: none (the slice's)\n" in text  # 100 means no cap
     assert "  this kernel's VRAM cap: malformed LIBVGPU_PROCESS_MEMORY_LIMIT\n" in text
@@ -375,7 +374,7 @@ def test_set_for_real(shell: Any, runner: Runner, two_kernels: tuple[int, int]) 
     assert [(d.memory_limit, d.sm_limit) for d in mine.devices] == [(256 * MiB, 10)] * 2
     assert [(d.memory_limit, d.sm_limit) for d in other.devices] == [(None, None)] * 2
     # What %vgpu shows next, including that this kernel now holds more than its new cap on GPU 1.
-    text = status.format_text(status.gather())
+    text = status_text.format_text(status.gather())
     assert "this kernel: 164 MiB used, cap 256 MiB\n" in text
     assert "this kernel: 264 MiB used, cap 256 MiB (over its cap" in text
 

@@ -32,7 +32,8 @@ import pytest
 
 import hami_kernel
 from hami_kernel.region import read_region
-from hami_kernel.status import format_text, gather, memory_text, short_uuid
+from hami_kernel.status import gather
+from hami_kernel.status_text import format_text, memory_text, short_uuid
 
 TESTS = Path(__file__).resolve().parent.parent
 ROOT = TESTS.parent
