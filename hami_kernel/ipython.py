@@ -1,7 +1,7 @@
 """The ``%vgpu`` line magic: ``%load_ext hami_kernel`` (or ``hami_kernel.ipython``).
 
 Only argument handling and output live here; what is shown comes from
-:mod:`hami_kernel.status`, the live view from :mod:`hami_kernel.watch`, and
+:mod:`hami_kernel.status` and :mod:`hami_kernel.status_text`, the live view from :mod:`hami_kernel.watch`, and
 re-dividing from :mod:`hami_kernel.redivide`.
 """
 from __future__ import annotations
