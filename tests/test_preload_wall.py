@@ -135,6 +135,19 @@ def test_processes_that_never_touch_cuda_pay_nothing(wall: Wall) -> None:
     assert not Path(f"/tmp/libvgpu.{wall.user}").exists() and not wall.region.exists()
 
 
+def _libraries(maps: str) -> set[str]:
+    return {Path(line.split()[-1]).name for line in maps.splitlines() if ".so" in line.split()[-1]}
+
+
+def test_libvgpu_brings_no_other_library_into_such_processes(wall: Wall) -> None:
+    # Loading costs are per library: what a `cat` maps with libvgpu preloaded is
+    # what it maps without it, plus libvgpu alone (no libm for one cube root).
+    with_it = wall.run(["cat", "/proc/self/maps"], {})
+    assert with_it.returncode == 0, with_it.stderr
+    without = subprocess.run(["cat", "/proc/self/maps"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert _libraries(with_it.stdout) - _libraries(without.stdout) == {"libvgpu.so"}
+
+
 def test_the_slice_file_hamispawner_writes_is_the_one_libvgpu_holds_to(wall: Wall) -> None:
     # The text of the pod's hami-jupyter.io/slice annotation, as the kubelet mounts it.
     from hami_kernel.slice import Slice

@@ -1,8 +1,21 @@
 #include "power.h"
 
-#include <math.h>
-
 #define SECOND 1000000000ull
+
+/* The cube root of x >= 1, by Newton's method from above. libvgpu links no
+ * libm for this one function: in the image it is preloaded into every
+ * process, and libm would then be loaded into every shell and `ls` too. */
+static double cube_root(double x)
+{
+    double y = 1.0 + (x - 1.0) / 3.0; /* the tangent at 1: never below the root */
+    for (int i = 0; i < 200; i++) {
+        double next = (2.0 * y + x / (y * y)) / 3.0;
+        if (!(next < y))
+            break;
+        y = next;
+    }
+    return y;
+}
 
 uint32_t vgpu_power_scale(double avg_w, double duty, double idle_w, double limit_w)
 {
@@ -18,7 +31,7 @@ uint32_t vgpu_power_scale(double avg_w, double duty, double idle_w, double limit
     if (full <= limit_w)
         return VGPU_SCALE_ONE;
     /* Only the part above the gap's power follows the clock. */
-    double scale = cbrt((full - idle_w) / (limit_w - idle_w)) * VGPU_SCALE_ONE;
+    double scale = cube_root((full - idle_w) / (limit_w - idle_w)) * VGPU_SCALE_ONE;
     return scale >= VGPU_SCALE_MAX ? VGPU_SCALE_MAX : (uint32_t)scale;
 }
 
