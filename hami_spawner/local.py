@@ -35,6 +35,7 @@ from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
 from traitlets import Bool, Enum, Unicode, default
 
 from hami_kernel import library_path, preload_first
+from hami_kernel.backstop_events import EVENTS_DIR_ENV
 from hami_kernel.kernel_slice import REGION_ENV
 from hami_kernel.slice import Slice
 from hami_spawner.arbiter import ArbiterSupervisor, supervisor
@@ -261,6 +262,8 @@ class LocalGpuSpawner(GpuChoiceMixin, LocalProcessSpawner):
         env[REGION_ENV] = str(self.region_path())
         if self.arbiter:
             env["LIBVGPU_ARBITER_SOCKET"] = str(Path(self.arbiter_socket_dir) / "arbiter.sock")
+            # The backstop's events live beside the socket; %vgpu reads them there.
+            env[EVENTS_DIR_ENV] = str(Path(self.arbiter_socket_dir) / "events")
         if self.default_provisioner:
             env[PROVISIONER_ENV] = self.default_provisioner
         if self.preload_server:

@@ -73,6 +73,7 @@ def test_the_hub_runs_the_arbiter_grants_the_slice_and_restarts_it(hub: Config, 
         await s.start()
         socket_path = tmp_path / "regions" / "arbiter" / "arbiter.sock"
         assert s.env_seen["LIBVGPU_ARBITER_SOCKET"] == str(socket_path)
+        assert s.env_seen["HAMI_JUPYTER_EVENTS_DIR"] == str(socket_path.parent / "events")  # where %vgpu looks
         assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
         assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o666
         grants = tmp_path / "regions" / "arbiter-grants"
