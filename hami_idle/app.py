@@ -22,8 +22,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Enum, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
-from hami_kernel.serverext.idle import Rule
-from hami_kernel.slice import parse_memory
+from hami_kernel.serverext.idle import Rule, min_memory_bytes
 
 from .fleet import ServerUsage, fleet_view
 from .hub import HubClient, RunningServer, describe_error
@@ -68,13 +67,11 @@ class IdleService(Application):  # type: ignore[misc]
 
     @validate("min_memory")
     def _check_min_memory(self, proposal: Any) -> str:
-        value = str(proposal["value"]).strip()
-        if value != "0":
-            try:
-                parse_memory(value)
-            except ValueError as exc:
-                raise TraitError(f"--min-memory: {exc}") from None
-        return value
+        try:
+            min_memory_bytes(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(f"--min-memory: {exc}") from None
+        return str(proposal["value"]).strip()
 
     @validate("idle_after", "grace", "check_interval", "request_timeout")
     def _check_seconds(self, proposal: Any) -> float:
@@ -84,7 +81,7 @@ class IdleService(Application):  # type: ignore[misc]
 
     @property
     def rule(self) -> Rule:
-        return Rule(self.idle_after, 0 if self.min_memory == "0" else parse_memory(self.min_memory))
+        return Rule(self.idle_after, min_memory_bytes(self.min_memory))
 
     def policy_json(self) -> dict[str, Any]:
         return {"action": self.action, **self.rule.as_json(), "grace_seconds": self.grace}

@@ -43,6 +43,18 @@ class _SliceHandler(APIHandler):  # type: ignore[misc]
         report = self.monitor.report(kernel_infos(self.kernel_manager, self.session_manager))
         return self.idle_policy.annotate(report)
 
+    def kernel_request(self, kernel_id: str, example: str) -> dict[str, Any]:
+        """The JSON object a POST about one of this server's kernels carries (404, 400 otherwise)."""
+        if kernel_id not in self.kernel_manager:
+            raise web.HTTPError(404, f"no kernel {kernel_id} in this server")
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, f"the request body must be an object such as {example}")
+        return body
+
 
 class UsageHandler(_SliceHandler):
     """``GET usage``: the slice, its devices and every process in it."""
@@ -79,14 +91,7 @@ class KernelSliceHandler(_SliceHandler):
     @web.authenticated
     @authorized
     async def post(self, kernel_id: str) -> None:
-        if kernel_id not in self.kernel_manager:
-            raise web.HTTPError(404, f"no kernel {kernel_id} in this server")
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, 'the request body must be an object such as {"memory": "2GiB", "cores": 20}')
+        body = self.kernel_request(kernel_id, '{"memory": "2GiB", "cores": 20}')
         unknown = sorted(set(body) - {"memory", "cores"})
         if unknown:
             raise web.HTTPError(400, f"unknown field(s) {', '.join(map(repr, unknown))}: give memory and/or cores")
@@ -118,15 +123,8 @@ class ReclaimHandler(_SliceHandler):
     @web.authenticated
     @authorized
     async def post(self, kernel_id: str) -> None:
-        if kernel_id not in self.kernel_manager:
-            raise web.HTTPError(404, f"no kernel {kernel_id} in this server")
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, 'the request body must be an object such as {"action": "shutdown", '
-                                     '"idle_after": 3600, "min_memory": "1GiB", "grace": 300}')
+        body = self.kernel_request(kernel_id, '{"action": "shutdown", "idle_after": 3600, "min_memory": "1GiB", '
+                                              '"grace": 300}')
         unknown = sorted(set(body) - {"action", "idle_after", "min_memory", "grace", "source"})
         if unknown:
             raise web.HTTPError(400, f"unknown field(s) {', '.join(map(repr, unknown))}")

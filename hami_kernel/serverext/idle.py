@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-__all__ = ["KernelIdle", "Rule", "kernel_idleness", "idle_memory_by_device"]
+from ..slice import parse_memory
+
+__all__ = ["KernelIdle", "Rule", "kernel_idleness", "idle_memory_by_device", "min_memory_bytes"]
 
 # The only state in which a kernel may be touched: "busy" is executing, and
 # "starting", "restarting", "autorestarting", "dead" or unknown are not settled.
@@ -29,6 +31,13 @@ class Rule:
 
     def as_json(self) -> dict[str, Any]:
         return {"idle_after_seconds": self.idle_after, "min_memory_bytes": self.min_memory}
+
+
+def min_memory_bytes(value: Any) -> int:
+    """A policy's minimum VRAM ("0", "1GiB", 2**30) in bytes; ValueError with the reason.
+    The server's IdlePolicy and the hub's service read it alike."""
+    text = str(value).strip()
+    return 0 if text == "0" else parse_memory(text)
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,7 @@ from traitlets import Enum, Float, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from ..idle_view import format_bytes, format_seconds, idle_file_path
-from ..slice import parse_memory
-from .idle import KernelIdle, Rule, idle_memory_by_device, kernel_idleness
+from .idle import KernelIdle, Rule, idle_memory_by_device, kernel_idleness, min_memory_bytes
 
 __all__ = ["ACTIONS", "IdlePolicy", "idle_file_path", "format_bytes", "format_seconds"]
 
@@ -87,13 +86,11 @@ class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
 
     @validate("min_memory")
     def _check_min_memory(self, proposal: Any) -> str:
-        value = str(proposal["value"]).strip()
-        if value != "0":
-            try:
-                parse_memory(value)
-            except ValueError as exc:
-                raise TraitError(f"IdlePolicy.min_memory: {exc}") from None
-        return value
+        try:
+            min_memory_bytes(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(f"IdlePolicy.min_memory: {exc}") from None
+        return str(proposal["value"]).strip()
 
     @validate("idle_after", "grace", "check_interval", "shutdown_wait", "notice_seconds")
     def _check_seconds(self, proposal: Any) -> float:
@@ -121,7 +118,7 @@ class IdlePolicy(LoggingConfigurable):  # type: ignore[misc]
 
     @property
     def rule(self) -> Rule:
-        return Rule(self.idle_after, 0 if self.min_memory == "0" else parse_memory(self.min_memory))
+        return Rule(self.idle_after, min_memory_bytes(self.min_memory))
 
     def policy_json(self) -> dict[str, Any]:
         return {"action": self.action, **self.rule.as_json(), "grace_seconds": self.grace}
