@@ -9,18 +9,13 @@ file's profiles and make, for each, the pod those values promise.
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 import chart_render as cr
-import hami_spawner
 from k8s_standin import KubeStandIn
-from test_kube_hub import (KUBECONFIG, NAMESPACE, TOKEN, Hub, container_env, free_port, pod_of,
+from test_kube_hub import (KUBECONFIG, NAMESPACE, TOKEN, Hub, container_env, free_port, pod_of, running_hub,
                            start, stop)
 from test_kube_hub import pytestmark as needs_hub
 
@@ -77,40 +72,12 @@ def hub(standin: KubeStandIn, tmp_path_factory: pytest.TempPathFactory) -> Itera
         port=port, hub_port=free_port(), proxy_api_port=free_port(), tmp=tmp, token=TOKEN,
         api=standin.url, namespace=NAMESPACE, notebook_port=standin.notebook_port)
         + cr.hub_snippet(docs, mount))
-    env = dict(os.environ, KUBECONFIG=str(tmp / "kubeconfig"))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(hami_spawner.__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
-    for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
-        env.pop(var, None)
-    log = tmp / "hub.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f",
-                                 str(tmp / "jupyterhub_config.py")],
-                                cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
-    client = Hub(f"http://127.0.0.1:{port}", log)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"jupyterhub exited with {proc.returncode}\n{client.tail()}")
-        try:
-            return client.api("GET", "/", timeout=2).status_code == 200
-        except Exception:
-            return False
-
-    try:
-        client.wait("the hub to answer", up, timeout=60)
+    with running_hub(tmp, port) as client:
         for name in ("ada", "bob"):
             assert client.api("POST", f"/users/{name}").status_code == 201
         assert client.api("POST", "/groups/training").status_code == 201
         assert client.api("POST", "/groups/training/users", {"users": ["ada"]}).status_code == 200
         yield client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def offered(hub: Hub, user: str) -> list[str]:

@@ -9,6 +9,7 @@ hub's readiness check as a single-user server would (see k8s_standin).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -117,6 +118,19 @@ def hub(standin: KubeStandIn, tmp_path_factory: pytest.TempPathFactory) -> Itera
         example=str(EXAMPLE), port=port, hub_port=free_port(), proxy_api_port=free_port(),
         tmp=tmp, token=TOKEN, api=standin.url, namespace=NAMESPACE,
         notebook_port=standin.notebook_port))
+    with running_hub(tmp, port) as client:
+        for name in ("alice", "bob"):
+            assert client.api("POST", f"/users/{name}").status_code == 201
+        for group, members in (("research", ["alice"]), ("power", ["alice"])):
+            assert client.api("POST", f"/groups/{group}").status_code == 201
+            assert client.api("POST", f"/groups/{group}/users",
+                              {"users": members}).status_code == 200
+        yield client
+
+
+@contextlib.contextmanager
+def running_hub(tmp: Path, port: int) -> Iterator[Hub]:
+    """A real JupyterHub on tmp/jupyterhub_config.py and tmp/kubeconfig, answering on port."""
     env = dict(os.environ, KUBECONFIG=str(tmp / "kubeconfig"))
     # the hub runs the hami_spawner this test imported (the checkout or the installed one)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -140,12 +154,6 @@ def hub(standin: KubeStandIn, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
     try:
         client.wait("the hub to answer", up, timeout=60)
-        for name in ("alice", "bob"):
-            assert client.api("POST", f"/users/{name}").status_code == 201
-        for group, members in (("research", ["alice"]), ("power", ["alice"])):
-            assert client.api("POST", f"/groups/{group}").status_code == 201
-            assert client.api("POST", f"/groups/{group}/users",
-                              {"users": members}).status_code == 200
         yield client
     finally:
         proc.terminate()
