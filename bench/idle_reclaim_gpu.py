@@ -74,17 +74,6 @@ time.sleep(3600)
 
 
 FAKE_IDLE = "assert alloc(20480) == 0\n"
-FAKE_TRAIN = """
-assert alloc(10240) == 0
-import threading, time
-_buf = ctypes.create_string_buffer(8)
-_f = ctypes.c_void_p(ctypes.addressof(_buf))
-def _work():
-    while True:
-        _cu.cuLaunchKernel(_f, 1, 1, 1, 1, 1, 1, 0, None, None, None)
-        time.sleep(0.1)
-threading.Thread(target=_work, daemon=True).start()
-"""
 FAKE_SLEEP = "assert alloc(10240) == 0\nimport time\ntime.sleep(3600)\n"
 # What nvidia-smi would say, from the fake NVML (loaded in a child with the fake's env).
 FAKE_SMI = """
@@ -137,7 +126,7 @@ def main() -> int:
         print(stamped, flush=True)
         log_lines.append(stamped)
 
-    from kernel_code import ALLOCATOR
+    from kernel_code import ALLOCATOR, holding_and_launching
     from lab_harness import Server, install_spec
 
     codes = {"idle": IDLE, "train": TRAIN, "sleep": SLEEP}
@@ -148,7 +137,8 @@ def main() -> int:
         build = build_tests("plain")
         library = str(build / "csrc" / "libvgpu.so")
         extra = {"LD_LIBRARY_PATH": str(build / "fakedrv"), "FAKE_CUDA_DEVICE_MEMORY": "141g"}
-        codes = {"idle": ALLOCATOR + FAKE_IDLE, "train": ALLOCATOR + FAKE_TRAIN, "sleep": ALLOCATOR + FAKE_SLEEP}
+        codes = {"idle": ALLOCATOR + FAKE_IDLE, "train": ALLOCATOR + holding_and_launching(10240),
+                 "sleep": ALLOCATOR + FAKE_SLEEP}
     else:
         library = subprocess.run([sys.executable, "-c", "import hami_kernel; print(hami_kernel.library_path())"],
                                  cwd="/", capture_output=True, text=True, check=True).stdout.strip()
@@ -186,7 +176,7 @@ def main() -> int:
             bob.client(sleep).execute(codes["sleep"])  # runs on: executing until the end
             alice.execute(lunch, codes["idle"])
             idle_since = time.time()
-            log(f"alice/lunch.ipynb holds 20 GiB and idles from now; bob's train.ipynb works, sleep.ipynb executes")
+            log("alice/lunch.ipynb holds 20 GiB and idles from now; bob's train.ipynb works, sleep.ipynb executes")
             lunch_pid, seen_in_smi = None, False
             while time.time() - started < args.timeout:
                 t = time.time()

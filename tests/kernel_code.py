@@ -19,3 +19,19 @@ ALLOCATOR = textwrap.dedent("""
             _held.append(p)
         return r
 """)
+
+
+def holding_and_launching(mib: int) -> str:
+    """Holds mib MiB, then launches GPU work from a thread every 0.1 s with no cell running:
+    a kernel busy on the GPU though idle to Jupyter."""
+    return textwrap.dedent(f"""
+        assert alloc({mib}) == 0
+        import threading, time
+        _buf = ctypes.create_string_buffer(8)
+        _f = ctypes.c_void_p(ctypes.addressof(_buf))
+        def _work():
+            while True:
+                _cu.cuLaunchKernel(_f, 1, 1, 1, 1, 1, 1, 0, None, None, None)
+                time.sleep(0.1)
+        threading.Thread(target=_work, daemon=True).start()
+    """)

@@ -10,7 +10,6 @@ must never be warned about or touched.
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cbuild import build_tests
 from hub_harness import wait_for
-from kernel_code import ALLOCATOR
+from kernel_code import ALLOCATOR, holding_and_launching
 from lab_harness import CONTEXT, HttpError, MiB, Server, install_spec, slice_env
 from hami_kernel.region import read_region
 from hami_kernel.idle_view import idle_file_path
@@ -32,17 +31,7 @@ POLICY = [f"--IdlePolicy.idle_after={IDLE_AFTER}", f"--IdlePolicy.grace={GRACE}"
 # Holds memory, then runs one long cell: executing all along.
 EXECUTING = ALLOCATOR + "\nassert alloc(150) == 0\nimport time\ntime.sleep(600)\n"
 # Holds memory and launches GPU work from a thread every 0.1 s, with no cell running.
-LAUNCHING = ALLOCATOR + textwrap.dedent("""
-    assert alloc(120) == 0
-    import threading, time
-    _buf = ctypes.create_string_buffer(8)
-    _f = ctypes.c_void_p(ctypes.addressof(_buf))
-    def _work():
-        while True:
-            _cu.cuLaunchKernel(_f, 1, 1, 1, 1, 1, 1, 0, None, None, None)
-            time.sleep(0.1)
-    threading.Thread(target=_work, daemon=True).start()
-""")
+LAUNCHING = ALLOCATOR + holding_and_launching(120)
 
 
 def start_server(tmp: Path, action: str) -> Server:
