@@ -22,7 +22,11 @@ Measurements (names for --only):
   force       the notebook tenant alone under `force` 30%, 500 bursts (goal: max ≤ 3× p50)
 
 Writes DIR/pods.json (every number) and DIR/pods.md (the tables); the tables
-also go to stdout. About 4 minutes (--quick: about 2).
+also go to stdout. About 4 minutes (--quick: about 2). A measurement whose
+workers do not get ready or finish in time is recorded as such, with what
+they were doing in DIR/stuck_<name>.txt (bench/workers.py), and the run goes
+on with the next; the daemon's log is kept in pods.json even when the run is
+ended by SIGTERM.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from typing import Dict, List, Optional, Sequence
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 from suite import clean_env, rate, steady  # noqa: E402
+from workers import Stuck, together  # noqa: E402
 
 MEASUREMENTS = ("alone", "pair", "four", "notebook", "force")
 MEMORY_LIMIT = "16g"
@@ -106,6 +111,7 @@ class Node:
     def start(self, argv: List[str], share: Optional[int], policy: str = "default") -> subprocess.Popen:
         """A tenant; share None: no libvgpu at all."""
         env = clean_env(dict(os.environ))
+        env["PYTHONFAULTHANDLER"] = "1"  # a stuck worker's threads are shown (workers.Stuck)
         slice_lines: Dict[str, str] = {}
         if share is not None:
             env["LD_PRELOAD"] = self.library
@@ -138,30 +144,6 @@ exec setpriv --reuid={uid} --regid={uid} --clear-groups env -i \
 """
         return subprocess.Popen(["unshare", "--mount", "sh", "-c", script], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def together(procs: Sequence[subprocess.Popen], timeout: float = 240) -> List[dict]:
-    """Waits for every worker's "ready", says "go" to all at once, and collects their JSON."""
-    for p in procs:
-        seen = ""
-        while True:  # a library may print something of its own first
-            line = p.stdout.readline()
-            if line.strip() == "ready":
-                break
-            seen += line
-            if not line or len(seen) > 100_000:
-                out, err = p.communicate(timeout=30)
-                raise SystemExit(f"pods: a worker did not get ready: {seen}{out}\n{err[-3000:]}")
-    for p in procs:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        if p.returncode != 0:
-            raise SystemExit(f"pods: a worker failed ({p.returncode}):\n{out}\n{err[-3000:]}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
 
 
 def busy_argv(seconds: float) -> List[str]:
@@ -223,6 +205,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lines.append(line)
         save()
 
+    def stuck(name: str, exc: Stuck) -> None:
+        (out / f"stuck_{name}.txt").write_text(f"{exc}\n\n{exc.report}\n")
+        results[f"stuck_{name}"] = str(exc)
+        say(f"| {name} | did not finish: {exc}; what its workers were doing: stuck_{name}.txt |")
+
+    # `timeout` and the device's limit end a run with SIGTERM: the daemon's log is still saved.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     node.start_daemon()
     try:
         (alone,) = together([node.start(busy_argv(10), None)])
@@ -231,46 +220,62 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         say(f"| matmul alone, no libvgpu | {native:.1f} matmuls/s |")
         if "pair" in only:
             for policy in ("default", "force"):
-                runs = together([node.start(busy_argv(busy_s), s, policy) for s in (30, 70)])
+                try:
+                    runs = together([node.start(busy_argv(busy_s), s, policy) for s in (30, 70)], busy_s + 60)
+                except Stuck as exc:
+                    stuck(f"pair_{policy}", exc)
+                    continue
                 shares = shares_of(runs, native)
                 results[f"pair_{policy}"] = {"runs": runs, "shares": shares}
                 ok = abs(shares[0] - 30) <= 2 and abs(shares[1] - 70) <= 2
                 say(f"| busy 30/70 `{policy}` as pods | {shares[0]:.1f}% / {shares[1]:.1f}% | goal 30±2 / 70±2: "
                     f"{'met' if ok else 'MISSED'} |")
         if "four" in only:
-            runs = together([node.start(busy_argv(busy_s), 25) for _ in range(4)])
-            shares = shares_of(runs, native)
-            results["four"] = {"runs": runs, "shares": shares}
-            ok = all(abs(s - 25) <= 2 for s in shares) and sum(shares) >= 97
-            say(f"| four at 25% | {' / '.join(f'{s:.1f}%' for s in shares)}, together {sum(shares):.1f}% | "
-                f"goal 25±2 each, ≥ 97%: {'met' if ok else 'MISSED'} |")
+            try:
+                runs = together([node.start(busy_argv(busy_s), 25) for _ in range(4)], busy_s + 60)
+            except Stuck as exc:
+                stuck("four", exc)
+            else:
+                shares = shares_of(runs, native)
+                results["four"] = {"runs": runs, "shares": shares}
+                ok = all(abs(s - 25) <= 2 for s in shares) and sum(shares) >= 97
+                say(f"| four at 25% | {' / '.join(f'{s:.1f}%' for s in shares)}, together {sum(shares):.1f}% | "
+                    f"goal 25±2 each, ≥ 97%: {'met' if ok else 'MISSED'} |")
         if "notebook" in only:
-            (nb_alone,) = together([node.start(notebook_argv(bursts), None)])
-            k = nb_alone["matmuls_per_burst"]
-            nb_native, busy_native = together([node.start(notebook_argv(bursts, k), None),
-                                               node.start(busy_argv(busy_s), None)])
-            nb_vgpu, busy_vgpu = together([node.start(notebook_argv(bursts, k), 30),
-                                           node.start(busy_argv(busy_s), 70)])
-            # The busy tenant's throughput while the notebook ran, of what it gets alone.
-            keep = 100 * common_rate(busy_vgpu, nb_vgpu["t0"], nb_vgpu["t1"]) / native
-            results["notebook"] = {"alone": nb_alone, "beside_busy_native": nb_native, "busy_native": busy_native,
-                                   "beside_busy_libvgpu": nb_vgpu, "busy_libvgpu": busy_vgpu, "busy_keeps": keep}
-            for label, r in (("alone, no libvgpu", nb_alone), ("beside busy, no libvgpu", nb_native),
-                             ("30% beside busy 70%, libvgpu `default`", nb_vgpu)):
-                say(f"| notebook {label} | p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f}, max {r['max_ms']:.2f} |")
-            ok = (nb_vgpu["p50_ms"] <= nb_native["p50_ms"] and nb_vgpu["p99_ms"] <= 1.2 * nb_native["p99_ms"]
-                  and keep >= 85)
-            say(f"| busy tenant beside the notebook (libvgpu) | {keep:.1f}% of alone | goals p50 ≤ "
-                f"{nb_native['p50_ms']:.2f}, p99 ≤ {1.2 * nb_native['p99_ms']:.2f}, busy ≥ 85%: "
-                f"{'met' if ok else 'MISSED'} |")
+            try:
+                (nb_alone,) = together([node.start(notebook_argv(bursts), None)])
+                k = nb_alone["matmuls_per_burst"]
+                nb_native, busy_native = together([node.start(notebook_argv(bursts, k), None),
+                                                   node.start(busy_argv(busy_s), None)])
+                nb_vgpu, busy_vgpu = together([node.start(notebook_argv(bursts, k), 30),
+                                               node.start(busy_argv(busy_s), 70)])
+                # The busy tenant's throughput while the notebook ran, of what it gets alone.
+                keep = 100 * common_rate(busy_vgpu, nb_vgpu["t0"], nb_vgpu["t1"]) / native
+                results["notebook"] = {"alone": nb_alone, "beside_busy_native": nb_native,
+                                       "busy_native": busy_native, "beside_busy_libvgpu": nb_vgpu,
+                                       "busy_libvgpu": busy_vgpu, "busy_keeps": keep}
+                for label, r in (("alone, no libvgpu", nb_alone), ("beside busy, no libvgpu", nb_native),
+                                 ("30% beside busy 70%, libvgpu `default`", nb_vgpu)):
+                    say(f"| notebook {label} | p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f}, "
+                        f"max {r['max_ms']:.2f} |")
+                ok = (nb_vgpu["p50_ms"] <= nb_native["p50_ms"] and nb_vgpu["p99_ms"] <= 1.2 * nb_native["p99_ms"]
+                      and keep >= 85)
+                say(f"| busy tenant beside the notebook (libvgpu) | {keep:.1f}% of alone | goals p50 ≤ "
+                    f"{nb_native['p50_ms']:.2f}, p99 ≤ {1.2 * nb_native['p99_ms']:.2f}, busy ≥ 85%: "
+                    f"{'met' if ok else 'MISSED'} |")
+            except Stuck as exc:
+                stuck("notebook", exc)
         if "force" in only:
-            k = results.get("notebook", {}).get("alone", {}).get("matmuls_per_burst", 0)
-            (nb_force,) = together([node.start(notebook_argv(force_bursts, k), 30, "force")])
-            results["force"] = nb_force
-            ok = nb_force["max_ms"] <= 3 * nb_force["p50_ms"]
-            say(f"| notebook alone, `force` 30%, {force_bursts} bursts | p50 {nb_force['p50_ms']:.2f} ms, "
-                f"p99 {nb_force['p99_ms']:.2f}, max {nb_force['max_ms']:.2f} | goal max ≤ 3× p50: "
-                f"{'met' if ok else 'MISSED'} |")
+            try:
+                k = results.get("notebook", {}).get("alone", {}).get("matmuls_per_burst", 0)
+                (nb_force,) = together([node.start(notebook_argv(force_bursts, k), 30, "force")], 120)
+                results["force"] = nb_force
+                ok = nb_force["max_ms"] <= 3 * nb_force["p50_ms"]
+                say(f"| notebook alone, `force` 30%, {force_bursts} bursts | p50 {nb_force['p50_ms']:.2f} ms, "
+                    f"p99 {nb_force['p99_ms']:.2f}, max {nb_force['max_ms']:.2f} | goal max ≤ 3× p50: "
+                    f"{'met' if ok else 'MISSED'} |")
+            except Stuck as exc:
+                stuck("force", exc)
     finally:
         node.stop()
         results["arbiter_log"] = (node.base / "arbiter.log").read_text()[-20000:]

@@ -40,3 +40,46 @@ def test_a_worker_that_fails_stops_the_run_with_its_output() -> None:
     with pytest.raises(SystemExit, match="did not get ready"):
         pods.together([node.start(["-c", "import sys; print('no GPU here'); sys.exit(1)"], None)])
     shutil.rmtree(node.base)
+
+
+HANGS_AFTER_GO = ("import sys, threading, time; print('ready', flush=True); sys.stdin.readline(); "
+                  "threading.Thread(target=time.sleep, args=(600,), name='sleeper', daemon=True).start(); "
+                  "time.sleep(600)")
+
+
+def test_a_worker_stuck_after_go_is_reported_and_killed() -> None:
+    node = pods.Node("/nonexistent/libvgpu.so", pods=False)
+    fine = node.start(["-c", STANDIN], None)
+    hung = node.start(["-c", HANGS_AFTER_GO], None)
+    with pytest.raises(pods.Stuck, match="did not finish 2 s after go") as stuck:
+        pods.together([fine, hung], timeout=2)
+    report = stuck.value.report
+    # The kernel's account: each of its two threads and where it sleeps.
+    assert f"pid {hung.pid}" in report and "State:" in report and report.count("waits in") >= 2
+    # Python's own, from faulthandler (PYTHONFAULTHANDLER=1, then SIGABRT): both threads' tracebacks.
+    assert "Fatal Python error: Aborted" in report
+    assert "Current thread" in report and 'File "<string>", line 1 in <module>' in report and "threading.py" in report
+    assert hung.poll() is not None  # killed, not left running
+    assert f"worker {fine.pid}: exited 0" in report
+    shutil.rmtree(node.base)
+
+
+def test_a_worker_that_never_gets_ready_is_reported() -> None:
+    node = pods.Node("/nonexistent/libvgpu.so", pods=False)
+    silent = node.start(["-c", "import time; time.sleep(600)"], None)
+    with pytest.raises(pods.Stuck, match="did not get ready in 1 s") as stuck:
+        pods.together([silent], ready_timeout=1)
+    assert f"pid {silent.pid}" in stuck.value.report and silent.poll() is not None
+    shutil.rmtree(node.base)
+
+
+def test_a_worker_writing_much_to_stderr_does_not_block_the_others() -> None:
+    # 1 MiB on stderr, far over a pipe's buffer, while the first worker is waited for.
+    loud = ("import json, sys; print('ready', flush=True); sys.stdin.readline(); "
+            "sys.stderr.write('x' * (1 << 20)); sys.stderr.flush(); print(json.dumps({'loud': True}))")
+    node = pods.Node("/nonexistent/libvgpu.so", pods=False)
+    first = ("import json, sys, time; print('ready', flush=True); sys.stdin.readline(); time.sleep(1); "
+             "print(json.dumps({'first': True}))")
+    assert pods.together([node.start(["-c", first], None), node.start(["-c", loud], None)], timeout=60) == [
+        {"first": True}, {"loud": True}]
+    shutil.rmtree(node.base)
