@@ -85,6 +85,17 @@ export function formatDuration(seconds: number | null): string {
   return m ? `${h} h ${m} min` : `${h} h`;
 }
 
+/**
+ * A chart tick's local time of day, "14:05:30", from Unix seconds. The
+ * charts span a few minutes, so the date would only repeat itself; uPlot's
+ * default two-line label also put it half outside the chart at its left edge.
+ */
+export function clockLabel(seconds: number): string {
+  const t = new Date(seconds * 1000);
+  const two = (n: number): string => String(n).padStart(2, '0');
+  return `${two(t.getHours())}:${two(t.getMinutes())}:${two(t.getSeconds())}`;
+}
+
 /** The share of its VRAM limit a device holds, or null without a limit. */
 export function memoryFraction(device: DeviceUsage): number | null {
   if (device.memory_limit_bytes === null || device.memory_limit_bytes <= 0) {

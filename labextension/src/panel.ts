@@ -11,6 +11,7 @@ import uPlot from 'uplot';
 
 import { setKernelSlice } from './api';
 import {
+  clockLabel,
   formatBytes,
   formatComputePair,
   formatDuration,
@@ -110,7 +111,7 @@ class DeviceView {
       legend: { show: false }, // the caption above says what is drawn
       cursor: { show: false },
       scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(max, top) * 1.05] } },
-      axes: [axis, { ...axis, size: 44 }],
+      axes: [{ ...axis, space: 64, values: (_u, ticks) => ticks.map(clockLabel) }, { ...axis, size: 44 }],
       series: [
         {},
         { label, stroke: used, fill: `${used}33`, width: 2, value: (_u, v) => (v === null ? '—' : v.toFixed(2)) },
@@ -229,7 +230,7 @@ export class VgpuPanel extends Widget {
       const name = row.insertCell();
       name.className = 'jp-vgpu-kernel-name';
       const label = document.createElement('div');
-      label.textContent = kernelLabel(kernel);
+      label.append(...breakableName(kernelLabel(kernel)));
       name.appendChild(label);
       name.title = [kernel.path, kernel.kernel_id ?? kernel.identity, `pid ${kernel.pid}`, kernel.kernel_name]
         .filter(Boolean).join('\n');
@@ -367,4 +368,15 @@ class RedivideBody extends Widget implements Dialog.IBodyWidget<{ memory?: strin
 
   private _memory: HTMLInputElement;
   private _cores: HTMLInputElement;
+}
+
+/**
+ * A notebook's name with line-break opportunities after "/", ".", "_" and "-":
+ * the sidebar's narrow table then wraps "analysis." / "ipynb" rather than
+ * inside a word.
+ */
+function breakableName(text: string): Node[] {
+  return text.split(/(?<=[/._-])/).flatMap((part, i) =>
+    i === 0 ? [document.createTextNode(part)] : [document.createElement('wbr'), document.createTextNode(part)]
+  );
 }

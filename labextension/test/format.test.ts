@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import {
+  clockLabel,
   deviceSummary,
   formatBytes,
   formatComputePair,
@@ -111,4 +112,10 @@ test('a kernel is named by its notebook, else its kernel id', () => {
   const partial = { ...kernel, devices: [kernel.devices[0], { ...kernel.devices[1], driver_memory_used_bytes: null }] };
   assert.equal(kernelTotals(partial).driver, null);
   assert.ok(Math.abs(totals.compute - 0.3) < 1e-9);
+});
+
+test('chart ticks are the time of day alone, zero-padded', () => {
+  const at = new Date(2026, 11, 4, 9, 5, 7).getTime() / 1000; // local time
+  assert.equal(clockLabel(at), '09:05:07');
+  assert.equal(clockLabel(at + 3600 * 13 + 60 * 54 + 52), '22:59:59');
 });
