@@ -157,6 +157,10 @@ class Resolver:
         self.slice_file = slice_file
         # Grants are believed from root and the daemon's own user (the hub's).
         self.owners = trusted_owners or tuple(sorted({0, os.geteuid()}))
+        # The grants as last read, and what the directory looked like then: the
+        # backstop resolves every process on the GPUs several times a second, and
+        # the hub adds and removes grants only by renaming and unlinking.
+        self._grants_seen: tuple[object, dict[tuple[int, int], TrustedSlice]] | None = None
 
     def slice_of(self, pid: int) -> TrustedSlice | None:
         found = self._from_slice_file(pid)
@@ -185,9 +189,13 @@ class Resolver:
             if (not stat.S_ISDIR(st.st_mode) or st.st_uid not in self.owners
                     or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
                 return {}
-            names = os.listdir(self.grants_dir)
+            names = sorted(os.listdir(self.grants_dir))
         except OSError:
             return {}
+        # The names too, not the times alone: a directory's times move in coarse ticks.
+        seen = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, tuple(names))
+        if self._grants_seen is not None and self._grants_seen[0] == seen:
+            return self._grants_seen[1]
         grants = {}
         for name in names:
             pid_text, _, start_text = name.partition("-")
@@ -201,6 +209,7 @@ class Resolver:
             except UntrustedFile:
                 continue
             grants[(int(pid_text), int(start_text))] = grant
+        self._grants_seen = (seen, grants)
         return grants
 
     def _from_grants(self, pid: int) -> TrustedSlice | None:

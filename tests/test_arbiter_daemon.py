@@ -147,3 +147,22 @@ def test_grants_resolve_through_the_nearest_granted_ancestor(tmp_path: Path) -> 
     # A grants directory others may write is not believed.
     grants.chmod(0o777)
     assert resolver.slice_of(30) is None
+
+
+def test_grants_added_and_removed_are_seen_at_once(tmp_path: Path) -> None:
+    # The resolver keeps the grants it read while the directory is unchanged; the hub
+    # adds a grant by renaming and removes one by unlinking, each seen on the next call.
+    grants = tmp_path / "grants"
+    grants.mkdir(mode=0o700)
+    _fake_proc(tmp_path, 10, 1, 111)
+    _fake_proc(tmp_path, 11, 1, 112)
+    resolver = Resolver(grants_dir=str(grants), proc=str(tmp_path / "proc"), trusted_owners=(os.geteuid(),))
+    assert resolver.slice_of(10) is None
+    for pid, start, share in ((10, 111, 30), (11, 112, 70)):
+        (grants / "new.tmp").write_text(f"CUDA_DEVICE_SM_LIMIT={share}\n")
+        os.replace(grants / "new.tmp", grants / f"{pid}-{start}")
+        assert resolver.slice_of(pid).compute_share == share  # within the same tick of the clock too
+    (grants / "10-111").unlink()
+    assert resolver.slice_of(10).compute_share == 70  # now only its user's other grant
+    (grants / "11-112").unlink()
+    assert resolver.slice_of(11) is None
