@@ -18,6 +18,7 @@ from k8s_standin import KubeStandIn
 from test_kube_hub import (KUBECONFIG, NAMESPACE, TOKEN, Hub, container_env, free_port, pod_of, running_hub,
                            start, stop)
 from test_kube_hub import pytestmark as needs_hub
+from test_kube_hub import standin  # noqa: F401  (the Kubernetes API stand-in, a fixture)
 
 EXAMPLE = cr.CHART / "examples" / "mixed-fleet.yaml"
 pytestmark = [*([needs_hub] if not isinstance(needs_hub, list) else needs_hub),
@@ -51,13 +52,6 @@ MIB = {"MiB": 1, "GiB": 1024, "TiB": 1024 * 1024}
 @pytest.fixture(scope="module")
 def values() -> dict[str, Any]:
     return cr.chart().merge_values(cr.values_of(EXAMPLE))
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[KubeStandIn]:
-    server = KubeStandIn().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
