@@ -17,9 +17,13 @@ and the socket server (server.py) only carries the answers out.
   holder, the holder is asked to yield at its next launch. Busy tenants ask
   again the moment they release, so they never get this credit, and their
   turns stay a full quantum (no ping-pong of short turns).
-- Nobody can keep the GPU from others: a holder that others wait for and
-  that neither launches (no NOTE for IDLE_NS) nor gives the turn back within
-  its quantum plus a grace is revoked and charged; a holder that goes away is
+- Nobody can keep the GPU from others: a holder whose quantum is over while
+  others wait, and that has neither renewed its turn (CHARGE) nor given it
+  back QUIET_NS later, is told (WAITING) even if no waiter is due on its
+  pass, since a holder that has stopped launching would otherwise keep the
+  turn until it launches again; a holder that others wait for and that
+  neither launches (no NOTE for IDLE_NS) nor gives the turn back within its
+  quantum plus a grace is revoked and charged; a holder that goes away is
   charged up to its last sign of life.
 """
 
@@ -39,6 +43,11 @@ MAX_QUANTUM = 50 * MS
 # while launching, and keep only a few ms of work queued on the GPU
 # (pacer.h), so a holder draining its last work is not taken for idle.
 IDLE_NS = 3 * MS
+# A holder past its quantum that others wait for is told so when it has not
+# renewed its turn (CHARGE, sent at its first launch past the quantum) this
+# long after: it has stopped launching (a worker waiting on its input, a
+# notebook between cells) and must not keep the turn until it launches again.
+QUIET_NS = 1 * MS
 # A waiter that was idle at least this long before asking may get lag credit.
 PROMPT_IDLE_NS = 1 * MS
 # The holder yields to a waiter behind it by at least this much of its own
@@ -76,7 +85,7 @@ class Gpu:
     deadline: int = 0
     last_note: int = 0
     asked: int = 0          # 0: nothing asked of the holder; 1: WAITING sent; 2: YIELD sent
-    yield_at: int = 0
+    asked_at: int = 0       # when the holder was last asked
     vtime: int = 0
     revoked: int = 0
 
@@ -156,24 +165,31 @@ class Gpu:
         if self.holder is None or not self._waiters():
             return None
         if self.asked == 0:
-            return None  # nobody is due before the holder: it goes on
+            return self.deadline + QUIET_NS  # nobody is due before the holder: is it still there?
         return min(self._idle_at(), self._overdue_at())
 
     def _idle_at(self) -> int:
-        since = max(self.last_note, self.yield_at if self.asked == 2 else self.deadline)
+        since = max(self.last_note, self.asked_at if self.asked == 2 else max(self.deadline, self.asked_at))
         return since + IDLE_NS
 
     def _overdue_at(self) -> int:
         h = self.holder
         assert h is not None
-        end = self.deadline + h.quantum
-        return min(end, self.yield_at + h.quantum) if self.asked == 2 else end
+        if self.asked == 2:
+            return min(self.deadline, self.asked_at) + h.quantum
+        return max(self.deadline, self.asked_at) + h.quantum
 
     def tick(self, now: int) -> List[Send]:
-        """Revokes a holder that keeps others waiting without using the GPU."""
+        """Tells a holder gone quiet past its quantum that others wait; revokes
+        one that keeps others waiting without using the GPU."""
         h = self.holder
-        if h is None or not self._waiters() or self.asked == 0:
+        if h is None or not self._waiters():
             return []
+        if self.asked == 0:
+            if now < self.deadline + QUIET_NS:
+                return []
+            self.asked, self.asked_at = 1, now
+            return [(h.conn, P.Message(P.WAITING))]
         if now < min(self._idle_at(), self._overdue_at()):
             return []
         # Charged the whole time it kept the GPU from the others.
@@ -210,6 +226,10 @@ class Gpu:
             t.wanting = False
             t.turns += 1
             self.holder = t
+            # The virtual time follows the tenants granted: a newcomer that
+            # joins while nobody holds or waits (a force tenant between its
+            # turns) starts at the last grant's pass, not at an old one.
+            self.vtime = max(self.vtime, t.pass_)
             self.granted_at = self.last_note = now
             self.deadline = now + t.quantum
             self.asked = 0
@@ -225,9 +245,9 @@ class Gpu:
         # quantum's end.  Otherwise it goes on (CHARGE), and is told later.
         due = first < self._holder_virtual(max(now, self.deadline))
         if behind and self.asked < 2:
-            self.asked, self.yield_at = 2, now
+            self.asked, self.asked_at = 2, now
             sends.append((h.conn, P.Message(P.YIELD)))
         elif due and self.asked == 0:
-            self.asked = 1
+            self.asked, self.asked_at = 1, now
             sends.append((h.conn, P.Message(P.WAITING)))
         return sends

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hami_arbiter import protocol as P
-from hami_arbiter.scheduler import IDLE_NS, MS, Gpu, Tenant
+from hami_arbiter.scheduler import IDLE_NS, MS, QUIET_NS, Gpu, Tenant
 
 Q = 10 * MS
 
@@ -139,3 +139,69 @@ def test_charges_are_bounded_by_what_the_daemon_saw() -> None:
     g.want(a, Q, 10 * MS)
     g.done(a, 10**12, 11 * MS)  # says far more than it held
     assert a.used_ns == 9 * MS
+
+
+def _quiet_holder() -> tuple[Gpu, Tenant, Tenant]:
+    """The H200 hang: a holder stops launching while holding (a worker waiting
+    on its stdin after warm-up, a notebook between cells), and a fresh tenant
+    asks only after the holder's quantum is over. Not behind the holder, it
+    was never due, nobody told the holder, and nothing ever ran again."""
+    g = Gpu(bytes(16))
+    a, b = Tenant(conn="a", share=30, force=True), Tenant(conn="b", share=70, force=True)
+    g.join(a, 0)
+    g.want(a, 6 * MS, 0)
+    g.join(b, 20 * MS)
+    assert g.want(b, 14 * MS, 20 * MS) == []  # not due on its pass alone
+    due = g.next_check()
+    assert due is not None and due <= 20 * MS  # already due: the daemon's timer fires at once
+    assert [(c, m.op) for c, m in g.tick(20 * MS)] == [("a", P.WAITING)]
+    return g, a, b
+
+
+def test_a_holder_gone_quiet_past_its_quantum_is_told_and_gives_the_turn_back() -> None:
+    g, a, b = _quiet_holder()
+    assert [(c, m.op) for c, m in g.done(a, 5 * MS, 20 * MS + 500_000)] == [("b", P.GRANT)]
+    assert a.used_ns == 5 * MS  # what it used, not the time it sat on the turn
+
+
+def test_a_holder_gone_quiet_that_does_not_answer_is_revoked() -> None:
+    g, a, b = _quiet_holder()
+    due = g.next_check()
+    assert due is not None and 20 * MS < due <= 20 * MS + IDLE_NS  # it has a moment to answer
+    assert g.tick(due - 1) == []
+    sends = g.tick(due)
+    assert [(c, m.op) for c, m in sends] == [("a", P.REVOKED), ("b", P.GRANT)]
+
+
+def test_a_holder_that_charges_at_its_quantums_end_is_not_told() -> None:
+    # Work-conserving default: a holder behind the waiter on its pass goes on
+    # after its quantum (it says CHARGE at its next launch); the daemon's
+    # check at the quantum's end finds the turn renewed and asks nothing.
+    g = Gpu(bytes(16))
+    a, b = Tenant(conn="a", share=50), Tenant(conn="b", share=50)
+    g.join(a, 0)
+    g.join(b, 0)
+    b.pass_ = 100 * MS  # b has had far more than a
+    g.want(a, Q, 0)
+    g.want(b, Q, 1 * MS)
+    assert g.asked == 0
+    assert g.charge(a, Q, Q + 100_000) == []
+    assert g.tick(Q + QUIET_NS) == [] and g.holder is a
+
+
+def test_a_newcomer_joining_between_a_busy_tenants_turns_has_no_credit() -> None:
+    # A force tenant alone releases the GPU between its turns. A newcomer that
+    # joins in such a gap starts at the busy tenant's virtual time, not at the
+    # daemon's start (which would be seconds of credit).
+    g = Gpu(bytes(16))
+    busy = Tenant(conn="busy", share=70, force=True)
+    g.join(busy, 0)
+    now = 0
+    for _ in range(200):  # 14 ms turns, 6 ms apart: 4 s alone
+        g.want(busy, 14 * MS, now)
+        now += 14 * MS
+        g.done(busy, 14 * MS, now)
+        now += 6 * MS
+    late = Tenant(conn="late", share=30, force=True)
+    g.join(late, now - 3 * MS)
+    assert busy.pass_ - late.pass_ <= busy.stride(14 * MS)

@@ -199,6 +199,38 @@ def test_a_notebook_beside_a_busy_tenant_waits_about_one_kernel(node: Node) -> N
     assert share >= 60, share
 
 
+def _wait_for_line(proc, text: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Reads proc's stderr until a line holding text (the rest stays in the pipe's reader)."""
+    seen: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            seen.append(line)
+            if text in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout), "".join(seen)
+
+
+def test_a_holder_that_stops_launching_does_not_stall_a_newcomer(node: Node) -> None:
+    # What stopped bench/pods.py's force pair on the H200: a tenant stops
+    # launching while it holds its turn (a worker waiting for its "go" after
+    # warm-up), and a fresh tenant asks only after the holder's quantum is over.
+    quiet = node.pod([node.tenant, "bursts", "2", "3000", "3"], _slice(node, 30, "force"),
+                     {"TENANT_VERBOSE": "1"}, node.uid())
+    _wait_for_line(quiet, "burst 0:")  # it holds its turn now, and sleeps 3 s
+    newcomer = node.pod([node.tenant, "busy", *window(0.5, 1.0)], _slice(node, 70, "force"), {}, node.uid())
+    share = busy_of(finish(newcomer)[0])
+    quiet.wait(30)
+    print(f"a newcomer beside a holder gone quiet: {share:.1f}%")
+    # Its window ends before the quiet tenant's next burst: it ran at its cap, not at 0.
+    assert (0.7 if node.sanitized else 0.8) * 70 <= share <= 72, share
+    assert quiet.returncode == 0
+
+
 @pytest.mark.parametrize("answer", ["garbage", "silence"])
 def test_a_daemon_that_answers_garbage_or_nothing_leaves_the_cap_in_place(node: Node, answer: str) -> None:
     # Something else listens where the arbiter should: libvgpu says so once and
