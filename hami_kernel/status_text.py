@@ -12,7 +12,7 @@ from .idle_view import idle_cell, policy_line
 from .slice import format_memory
 from .status import _UUID_RE, NO_REGION, NOT_APPLIED, DeviceStatus, KernelUsage, SliceStatus, describe_configured
 
-__all__ = ["format_text", "format_html", "status_line", "memory_text", "share_text", "cap_text",
+__all__ = ["format_text", "format_html", "status_line", "idle_suffix", "memory_text", "share_text", "cap_text",
            "no_devices_reason", "short_identity", "short_uuid"]
 
 
@@ -196,4 +196,11 @@ def status_line(status: SliceStatus) -> str:
         parts.append(f"{short_uuid(dev.uuid)} VRAM kernel {memory_text(mine)} (cap {memory_text(dev.own_memory_cap)}), "
                      f"slice {memory_text(dev.memory_used)} of {memory_text(dev.memory_limit)}; "
                      f"compute {share_text(share)} (cap {cap_text(dev.own_sm_cap)})")
-    return f"{stamp} " + " | ".join(parts)
+    return f"{stamp} " + " | ".join(parts) + idle_suffix(status)
+
+
+def idle_suffix(status: SliceStatus) -> str:
+    """"; idle 40 s IDLE" where the server tells this kernel's idleness (its idle policy runs), else ""."""
+    if status.idle is None or not status.identity:
+        return ""
+    return f"; idle {idle_cell(status.idle, status.identity)}"

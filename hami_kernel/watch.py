@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 from .status import NOT_APPLIED, DeviceStatus, SliceStatus, describe_configured, gather
 from .status_text import cap_text, memory_text, no_devices_reason, share_text, short_identity, short_uuid, \
-    status_line
+    idle_suffix, status_line
 
 __all__ = ["Watcher", "start", "stop", "current", "watch_text", "widgets_usable"]
 
@@ -171,7 +171,8 @@ class Watcher:
 
     def _show(self, status: SliceStatus) -> None:
         who = f"kernel {short_identity(status.identity)}" if status.identity else f"pid {status.pid}"
-        self.header.value = f"<b>vgpu watch</b> · {who} · every {self.interval:g} s"
+        idle = html.escape(idle_suffix(status).removeprefix("; "))
+        self.header.value = f"<b>vgpu watch</b> · {who} · every {self.interval:g} s" + (f" · {idle}" if idle else "")
         notes = [] if status.loaded else [NOT_APPLIED]
         if not status.devices:
             limits = ", ".join(f"{what}: {value}" for what, value, _ in describe_configured(status.configured))

@@ -142,10 +142,12 @@ def test_the_idle_file_tells_vgpu_in_the_kernels(shutdown_server: Server) -> Non
              timeout=30)
     # %vgpu in the small kernel (idle past the threshold, below min_memory): its row says IDLE.
     small = next(k for k, v in usage.items() if v["path"] == "small.ipynb")
-    text = srv.execute(small, "from hami_kernel import status, status_text\n"
-                              "_t = status_text.format_text(status.gather())", "_t")
+    text, line = srv.execute(small, "from hami_kernel import status, status_text\n_s = status.gather()\n"
+                                    "_t = status_text.format_text(_s); _l = status_text.status_line(_s)", "(_t, _l)")
     row = next(line for line in text.splitlines() if small[:8] + "*" in line)
     assert re.search(r"\b\d+ s IDLE$", row), text
+    # %vgpu watch's line (where no widgets show) ends with the same.
+    assert re.search(r"^\d\d:\d\d:\d\d GPU-\S+ VRAM kernel .*; idle \d+ s IDLE$", line), line
     executing = next(k for k, v in usage.items() if v["path"] == "executing.ipynb")
     assert not next(line for line in text.splitlines() if executing[:8] in line).endswith("IDLE"), text
     assert "the idle policy shuts them down 2 s after a warning (kernels holding 64 MiB or more" in text

@@ -8,6 +8,7 @@ through a kernel so that its comm messages are the ones a frontend gets.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -468,6 +469,24 @@ def test_watcher_lifecycle_in_process(env: dict[str, str], runner: Runner, two_k
         assert watch.stop() is True and counted.widget.comm is None
     finally:
         watch.stop()
+
+
+def test_watch_tells_how_long_the_kernel_has_been_idle(env: dict[str, str], runner: Runner,
+                                                      two_kernels: tuple[int, int]) -> None:
+    # Where the server's idle policy runs it writes each kernel's idleness beside
+    # the region; the live view says this kernel's, as %vgpu's table does.
+    base = status.gather()
+    me = "0f1e2d3c-aaaa-bbbb-cccc-000000000001"
+    idle = {"kernels": {me: {"idle_seconds": 40, "idle": True}}}
+    seen = dataclasses.replace(base, identity=me, idle=idle)
+    assert status_text.status_line(seen).endswith("; idle 40 s IDLE")
+    assert not status_text.status_line(dataclasses.replace(base, identity=me)).count("idle")  # no policy: nothing
+    watcher = watch.Watcher(interval=60, read=lambda: seen)
+    try:
+        watcher.refresh()
+        assert watcher.header.value.endswith(" · idle 40 s IDLE"), watcher.header.value
+    finally:
+        watcher.stop()
 
 
 def test_watcher_survives_a_failing_read() -> None:
