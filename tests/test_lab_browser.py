@@ -332,6 +332,9 @@ def test_idle_policy_notifications(browser: Any, tmp_path: Path) -> None:
             timeout=30)
         pg.wait_for_timeout(1000)  # the toast's slide-in, for the screenshot
         shot(pg, "idle-warning")
+        running = pg.locator(".jp-DirListing-content .jp-mod-running")
+        # The file browser marks the notebook as running (from its own poll of the sessions).
+        wait_for("the running mark", lambda: running.count() == 1, timeout=30)
         assert kernel in {k["id"] for k in srv.get("api/kernels")}  # announced, not yet done
         done = pg.get_by_text(re.compile(r"lunch\.ipynb was shut down after .* 216 MiB of GPU memory came back"))
         done.first.wait_for(state="visible", timeout=90_000)
@@ -339,6 +342,9 @@ def test_idle_policy_notifications(browser: Any, tmp_path: Path) -> None:
         assert not read_region(srv.env["CUDA_DEVICE_MEMORY_SHARED_CACHE"]).process(kernel)
         # The warning made way for the outcome.
         wait_for("the warning to close", lambda: warning.count() == 0, timeout=30)
+        # And the notebook no longer looks running: JupyterLab was told at once,
+        # not at its next poll of the sessions (every 10 s).
+        wait_for("the running mark to go", lambda: running.count() == 0, timeout=2)
         shot(pg, "idle-shut-down")
         pg.context.close()
     finally:

@@ -82,7 +82,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
     themeManager?.themeChanged.connect(() => panel.themeChanged());
 
     // The idle-memory policy's warnings and results, as notifications.
-    new IdleNotifier(model, () => void app.commands.execute(CommandIDs.openPanel), trans.__('Show GPU Panel'));
+    new IdleNotifier(
+      model,
+      () => void app.commands.execute(CommandIDs.openPanel),
+      trans.__('Show GPU Panel'),
+      () => {
+        // JupyterLab polls its sessions and kernels every 10 s or so: without
+        // this the shut-down notebook would look running until then.
+        void app.serviceManager.sessions.refreshRunning();
+        void app.serviceManager.kernels.refreshRunning();
+      }
+    );
 
     if (settingRegistry) {
       const apply = (settings: ISettingRegistry.ISettings): void => {

@@ -13,6 +13,8 @@ export interface NoticeDisplay {
   sticky: boolean;
   /** Close the earlier notification about the same kernel first (its warning is settled). */
   replacesWarning: boolean;
+  /** The kernel is gone: what JupyterLab shows as running should be looked up again. */
+  endsKernel: boolean;
 }
 
 /** The notices of `report` not in `seen`, oldest first, with how to show each; adds them to `seen`. */
@@ -27,16 +29,16 @@ export function unseenNotices(report: UsageReport | null, seen: Set<string>): No
     switch (notice.kind) {
       case 'warning':
       case 'idle':
-        out.push({ notice, level: 'warning', sticky: true, replacesWarning: false });
+        out.push({ notice, level: 'warning', sticky: true, replacesWarning: false, endsKernel: false });
         break;
       case 'shutdown':
-        out.push({ notice, level: 'success', sticky: true, replacesWarning: true });
+        out.push({ notice, level: 'success', sticky: true, replacesWarning: true, endsKernel: true });
         break;
       case 'failed':
-        out.push({ notice, level: 'warning', sticky: true, replacesWarning: true });
+        out.push({ notice, level: 'warning', sticky: true, replacesWarning: true, endsKernel: false });
         break;
       default:
-        out.push({ notice, level: 'info', sticky: false, replacesWarning: true });
+        out.push({ notice, level: 'info', sticky: false, replacesWarning: true, endsKernel: false });
     }
   }
   return out;

@@ -9,7 +9,17 @@ import type { UsageModel } from './model';
 import { unseenNotices } from './notices';
 
 export class IdleNotifier {
-  constructor(private model: UsageModel, private openPanel: () => void, private label: string) {
+  /**
+   * @param onShutdown called when the policy has shut a kernel down, so the
+   * rest of JupyterLab (the file browser's running marks, the running
+   * kernels count) hears of it now rather than at its next poll.
+   */
+  constructor(
+    private model: UsageModel,
+    private openPanel: () => void,
+    private label: string,
+    private onShutdown: () => void = () => undefined
+  ) {
     model.changed.connect(this.update, this);
   }
 
@@ -27,6 +37,9 @@ export class IdleNotifier {
       const id = Notification[shown.level](shown.notice.message, options);
       if (shown.level === 'warning') {
         this._open.set(kernel, id);
+      }
+      if (shown.endsKernel) {
+        this.onShutdown();
       }
     }
   }

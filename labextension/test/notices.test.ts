@@ -42,6 +42,13 @@ test('a warning stays; the outcome replaces it', () => {
   assert.deepEqual([failed.level, failed.sticky, failed.replacesWarning], ['warning', true, true]);
 });
 
+test('only a shutdown ends the kernel (JupyterLab looks up its running sessions again)', () => {
+  const shown = unseenNotices(report([notice('a', 'warning', 1), notice('b', 'shutdown', 2), notice('c', 'kept', 3),
+    notice('d', 'failed', 4), notice('e', 'idle', 5)]), new Set());
+  assert.deepEqual(shown.map(d => [d.notice.kind, d.endsKernel]),
+    [['warning', false], ['shutdown', true], ['kept', false], ['failed', false], ['idle', false]]);
+});
+
 test('no report, or a server without the policy, shows nothing', () => {
   assert.deepEqual(unseenNotices(null, new Set()), []);
   const old: UsageReport = { ...report([]), idle: undefined };
