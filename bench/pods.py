@@ -45,7 +45,8 @@ from typing import Dict, List, Optional, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
-from suite import clean_env, rate, steady  # noqa: E402
+from gpu_suite.environment import clean_env  # noqa: E402
+from gpu_suite.window_stats import rate, steady  # noqa: E402
 from workers import Stuck, together  # noqa: E402
 
 MEASUREMENTS = ("alone", "pair", "four", "notebook", "force")
