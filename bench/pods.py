@@ -86,6 +86,8 @@ class Node:
         self.base.chmod(0o755)
         for name in ("workloads.py", "notebook.py", "suite.py"):  # pods cannot see a /tmp checkout
             shutil.copy(BENCH_DIR / name, self.base / name)
+        shutil.copytree(BENCH_DIR / "gpu_suite", self.base / "gpu_suite",  # suite.py's parts
+                        ignore=shutil.ignore_patterns("__pycache__"))
         self.socket_dir = self.base / "arbiter"
         self.daemon: Optional[subprocess.Popen] = None
         self.uid = 62_000
