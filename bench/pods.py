@@ -45,7 +45,8 @@ from typing import Dict, List, Optional, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
-from suite import clean_env, rate, steady  # noqa: E402
+from gpu_suite.environment import clean_env  # noqa: E402
+from gpu_suite.window_stats import rate, steady  # noqa: E402
 from workers import Stuck, together  # noqa: E402
 
 MEASUREMENTS = ("alone", "pair", "four", "notebook", "force")
@@ -85,6 +86,8 @@ class Node:
         self.base.chmod(0o755)
         for name in ("workloads.py", "notebook.py", "suite.py"):  # pods cannot see a /tmp checkout
             shutil.copy(BENCH_DIR / name, self.base / name)
+        shutil.copytree(BENCH_DIR / "gpu_suite", self.base / "gpu_suite",  # suite.py's parts
+                        ignore=shutil.ignore_patterns("__pycache__"))
         self.socket_dir = self.base / "arbiter"
         self.daemon: Optional[subprocess.Popen] = None
         self.uid = 62_000

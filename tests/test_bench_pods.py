@@ -2,7 +2,9 @@
 how tenants are started and released together (stand-in workers)."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -82,4 +84,16 @@ def test_a_worker_writing_much_to_stderr_does_not_block_the_others() -> None:
              "print(json.dumps({'first': True}))")
     assert pods.together([node.start(["-c", first], None), node.start(["-c", loud], None)], timeout=60) == [
         {"first": True}, {"loud": True}]
+    shutil.rmtree(node.base)
+
+
+def test_the_pods_copy_of_the_bench_scripts_runs_without_the_checkout() -> None:
+    # Pods see only the node's directory, not the source tree: what is copied there must be whole.
+    node = pods.Node("/nonexistent/libvgpu.so", pods=False)
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}
+    for argv in (["workloads.py", "--help"], ["notebook.py", "--help"], ["suite.py", "--dry-run"]):
+        done = subprocess.run([sys.executable, *argv], cwd=node.base, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, (argv, done.stderr)
+    assert "plan: 30 steps" in done.stderr
     shutil.rmtree(node.base)

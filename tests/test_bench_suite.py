@@ -1,4 +1,4 @@
-"""CPU-only tests of the GPU benchmark suite (bench/suite.py, bench/workloads.py).
+"""CPU-only tests of the GPU benchmark suite (bench/suite.py, bench/gpu_suite/, bench/workloads.py).
 
 The statistics, the tables, the command line and the orchestration are tested
 here; the orchestration with a fake worker (FAKE_WORKER below) that speaks the
@@ -24,7 +24,8 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
-import suite  # noqa: E402
+from gpu_suite import (cli, environment, measurements, metadata, plan, processes, report,  # noqa: E402
+                       window_stats)
 import workloads  # noqa: E402
 
 FAKE_WORKER = r'''
@@ -86,39 +87,39 @@ WINDOWS = [(0.0, 0.5, 40), (0.5, 1.0, 50), (1.0, 1.5, 50), (1.5, 2.0, 60)]
 
 
 def test_rate_counts_iterations_over_the_span_of_the_windows() -> None:
-    assert suite.rate(WINDOWS) == pytest.approx(200 / 2.0)
-    assert suite.rate(WINDOWS[1:]) == pytest.approx(160 / 1.5)
-    assert suite.window_rates(WINDOWS) == pytest.approx([80, 100, 100, 120])
+    assert window_stats.rate(WINDOWS) == pytest.approx(200 / 2.0)
+    assert window_stats.rate(WINDOWS[1:]) == pytest.approx(160 / 1.5)
+    assert window_stats.window_rates(WINDOWS) == pytest.approx([80, 100, 100, 120])
     with pytest.raises(ValueError):
-        suite.rate([])
+        window_stats.rate([])
 
 
 def test_uneven_windows_weigh_by_their_length() -> None:
     windows = [(0.0, 0.5, 50), (0.5, 1.5, 50)]  # the second lasted twice as long (a drain)
-    assert suite.rate(windows) == pytest.approx(100 / 1.5)
-    assert suite.window_rates(windows) == pytest.approx([100, 50])
+    assert window_stats.rate(windows) == pytest.approx(100 / 1.5)
+    assert window_stats.window_rates(windows) == pytest.approx([100, 50])
 
 
 def test_first_seconds_and_steady_select_windows() -> None:
-    assert suite.first_seconds(WINDOWS, 1.0) == WINDOWS[:2]
-    assert suite.first_seconds(WINDOWS, 10.0) == WINDOWS
-    assert suite.steady(WINDOWS) == WINDOWS[1:]
+    assert window_stats.first_seconds(WINDOWS, 1.0) == WINDOWS[:2]
+    assert window_stats.first_seconds(WINDOWS, 10.0) == WINDOWS
+    assert window_stats.steady(WINDOWS) == WINDOWS[1:]
     with pytest.raises(ValueError, match="at least 2 windows"):
-        suite.steady(WINDOWS[:1])
+        window_stats.steady(WINDOWS[:1])
 
 
 def test_cv_excludes_the_first_window() -> None:
     rates = [100, 100, 120]
     mean = sum(rates) / 3
     stdev = (sum((r - mean) ** 2 for r in rates) / 2) ** 0.5
-    assert suite.window_cv(WINDOWS) == pytest.approx(stdev / mean)
-    assert suite.coefficient_of_variation([5.0, 5.0]) == 0.0
+    assert window_stats.window_cv(WINDOWS) == pytest.approx(stdev / mean)
+    assert window_stats.coefficient_of_variation([5.0, 5.0]) == 0.0
     with pytest.raises(ValueError):
-        suite.coefficient_of_variation([1.0])
+        window_stats.coefficient_of_variation([1.0])
 
 
 def test_native_rate_leaves_out_the_first_window() -> None:
-    assert suite.native_rate(WINDOWS) == pytest.approx(160 / 1.5)
+    assert window_stats.native_rate(WINDOWS) == pytest.approx(160 / 1.5)
 
 
 def steady_windows(per_window: float, n: int = 20, window: float = 0.5) -> list:
@@ -127,44 +128,44 @@ def steady_windows(per_window: float, n: int = 20, window: float = 0.5) -> list:
 
 def test_share_stats_passes_within_two_points_and_fails_outside() -> None:
     native = 1000.0
-    ok = suite.share_stats(steady_windows(0.319 * 500), native, 30, 2.0, 10.0)
+    ok = window_stats.share_stats(steady_windows(0.319 * 500), native, 30, 2.0, 10.0)
     assert ok["share"] == pytest.approx(31.9) and ok["share_first"] == pytest.approx(31.9)
     assert ok["cv"] == pytest.approx(0.0) and ok["failed"] == []
-    high = suite.share_stats(steady_windows(0.321 * 500), native, 30, 2.0, 10.0)
+    high = window_stats.share_stats(steady_windows(0.321 * 500), native, 30, 2.0, 10.0)
     assert high["failed"] == ["share", "first 10 s"]
 
 
 def test_share_stats_flags_a_burst_at_the_start_and_an_unsteady_run() -> None:
     native = 1000.0
     windows = [(i * 0.5, (i + 1) * 0.5, 250 if i < 4 else 150) for i in range(60)]  # 50% for 2 s, then 30%
-    stats = suite.share_stats(windows, native, 30, 2.0, 10.0)
+    stats = window_stats.share_stats(windows, native, 30, 2.0, 10.0)
     assert stats["share_first"] == pytest.approx(100 * (4 * 250 + 16 * 150) / 10 / native)
     assert "first 10 s" in stats["failed"] and "CV" in stats["failed"]
-    assert stats["cv"] > suite.CV_GOAL
+    assert stats["cv"] > measurements.CV_GOAL
 
 
 def test_share_stats_without_first_and_cv_goals_judges_the_share_only() -> None:
     windows = [(0.0, 0.5, 100), (0.5, 1.0, 200), (1.0, 1.5, 150)]  # unsteady, mean 30% of 1000/s
-    stats = suite.share_stats(windows, 1000.0, 30, 3.0, 10.0, first_matters=False)
+    stats = window_stats.share_stats(windows, 1000.0, 30, 3.0, 10.0, first_matters=False)
     assert stats["share"] == pytest.approx(30.0) and stats["failed"] == []
 
 
 def test_common_interval_and_windows_within_line_up_concurrent_runs() -> None:
     a = {"t0": 100.0, "windows": [[0.0, 0.5, 10], [0.5, 1.0, 10], [1.0, 1.5, 10]]}
     b = {"t0": 100.2, "windows": [[0.0, 0.5, 10], [0.5, 1.0, 10], [1.0, 1.5, 10]]}
-    lo, hi = suite.common_interval([a, b])
+    lo, hi = window_stats.common_interval([a, b])
     assert (lo, hi) == pytest.approx((100.2, 101.5))
-    assert suite.windows_within(a, lo, hi) == [(0.5, 1.0, 10), (1.0, 1.5, 10)]
-    assert suite.windows_within(b, lo, hi) == [(0.0, 0.5, 10), (0.5, 1.0, 10)]
+    assert window_stats.windows_within(a, lo, hi) == [(0.5, 1.0, 10), (1.0, 1.5, 10)]
+    assert window_stats.windows_within(b, lo, hi) == [(0.0, 0.5, 10), (0.5, 1.0, 10)]
     with pytest.raises(ValueError, match="do not overlap"):
-        suite.common_interval([a, {"t0": 200.0, "windows": [[0.0, 0.5, 1]]}])
+        window_stats.common_interval([a, {"t0": 200.0, "windows": [[0.0, 0.5, 1]]}])
 
 
 def test_concurrent_shares_use_the_common_interval() -> None:
     runs = [{"t0": 10.0, "windows": [[i * 0.5, (i + 1) * 0.5, c] for i in range(6)]}
             for c in (150, 350)]
     runs[1]["t0"] = 10.01
-    tenants, overlap = suite.concurrent_shares(runs, ["A", "B"], [30, 70], 1000.0, 10.0)
+    tenants, overlap = window_stats.concurrent_shares(runs, ["A", "B"], [30, 70], 1000.0, 10.0)
     assert [t["stats"]["share"] for t in tenants] == pytest.approx([30.0, 70.0])
     assert overlap == pytest.approx(2.99)
     assert all(t["stats"]["failed"] == [] for t in tenants)
@@ -173,7 +174,7 @@ def test_concurrent_shares_use_the_common_interval() -> None:
 # --------------------------------------------------------------------------- tables
 
 def test_markdown_table_pads_and_aligns_columns() -> None:
-    table = suite.markdown_table(("name", "value"), [["a", "1.0"], ["longer", "22.5"]], "lr")
+    table = report.markdown_table(("name", "value"), [["a", "1.0"], ["longer", "22.5"]], "lr")
     assert table.splitlines() == [
         "| name   | value |",
         "|--------|------:|",
@@ -181,19 +182,19 @@ def test_markdown_table_pads_and_aligns_columns() -> None:
         "| longer |  22.5 |",
     ]
     with pytest.raises(ValueError):
-        suite.markdown_table(("a", "b"), [["only one"]], "ll")
+        report.markdown_table(("a", "b"), [["only one"]], "ll")
 
 
 def test_fmt_and_verdict() -> None:
-    assert suite.fmt(None) == "—"
-    assert suite.fmt(1.23456, 3) == "1.235"
-    assert suite.verdict(None) == "—"
-    assert suite.verdict([]) == "ok"
-    assert suite.verdict(["share", "CV"]) == "FAIL: share, CV"
+    assert report.fmt(None) == "—"
+    assert report.fmt(1.23456, 3) == "1.235"
+    assert report.verdict(None) == "—"
+    assert report.verdict([]) == "ok"
+    assert report.verdict(["share", "CV"]) == "FAIL: share, CV"
 
 
 def canned_records() -> list:
-    share = suite.share_stats(steady_windows(0.3 * 500), 1000.0, 30, 2.0, 10.0)
+    share = window_stats.share_stats(steady_windows(0.3 * 500), 1000.0, 30, 2.0, 10.0)
     return [
         {"measurement": "launch", "launches": 200000, "repeats": 5, "native_runs": [1, 2, 3], "hooked_runs": [1, 2, 3],
          "native": 3000.0, "hooked": 3060.0, "ratio": 1.02},
@@ -212,17 +213,17 @@ def cells(line: str) -> list:
 
 
 def test_render_report_shows_values_goals_and_verdicts() -> None:
-    report = suite.render_report(canned_records(), [{"label": "init batch", "error": "worker x exited\nmore"}])
-    assert "### Overhead: native vs libvgpu" in report
-    assert "| launch: ns per empty kernel launch (median of 3 processes, each the median of 5 x 200000)" in report
-    matmul_line = next(line for line in report.splitlines() if line.startswith("| matmul"))
+    markdown = report.render_report(canned_records(), [{"label": "init batch", "error": "worker x exited\nmore"}])
+    assert "### Overhead: native vs libvgpu" in markdown
+    assert "| launch: ns per empty kernel launch (median of 3 processes, each the median of 5 x 200000)" in markdown
+    matmul_line = next(line for line in markdown.splitlines() if line.startswith("| matmul"))
     assert "0.9936" in matmul_line and "≥ 0.995" in matmul_line and "FAIL: ratio" in matmul_line
-    share_line = next(line for line in report.splitlines() if line.startswith("| matmul alone"))
+    share_line = next(line for line in markdown.splitlines() if line.startswith("| matmul alone"))
     assert cells(share_line) == ["matmul alone", "force", "30", "30.0", "30.0", "0.0", "30 ± 2, CV ≤ 5%", "ok"]
-    assert "+30.0 ms" in report and "FAIL: extra" in report
-    assert "### Native baselines" in report
-    assert "- **init batch**: worker x exited" in report
-    assert "**1 of 3 checks met their goal; 1 step(s) failed to run.**" in report
+    assert "+30.0 ms" in markdown and "FAIL: extra" in markdown
+    assert "### Native baselines" in markdown
+    assert "- **init batch**: worker x exited" in markdown
+    assert "**1 of 3 checks met their goal; 1 step(s) failed to run.**" in markdown
 
 
 @pytest.mark.parametrize("dirty, source", [
@@ -233,7 +234,7 @@ def test_render_report_shows_values_goals_and_verdicts() -> None:
 ])
 def test_source_line_names_the_uncommitted_paths(dirty: object, source: str) -> None:
     meta = {"git_commit": "abc123", "git_dirty": dirty, "library_sha256": "0123456789abcdef" * 4}
-    assert source in suite.render_header(meta, [])
+    assert source in report.render_header(meta, [])
 
 
 def test_metadata_lists_what_git_reports_as_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,19 +246,19 @@ def test_metadata_lists_what_git_reports_as_changed(tmp_path: Path, monkeypatch:
                     "-m", "x", "edited.txt"], check=True)
     (tmp_path / "edited.txt").write_text("changed")  # git says " M edited.txt": a leading space
     (tmp_path / "stray.txt").write_text("y")
-    monkeypatch.setattr(suite, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(metadata, "REPO_ROOT", tmp_path)
     library = tmp_path / "tracked.txt"
-    meta = suite.metadata(suite.parse_args(["--dry-run"]), str(library), suite.Durations.make())
+    meta = metadata.metadata(cli.parse_args(["--dry-run"]), str(library), measurements.Durations.make())
     assert sorted(meta["git_dirty"]) == ["edited.txt", "stray.txt", "tracked.txt"]
 
 
 # --------------------------------------------------------------------------- command line and plan
 
 def test_parse_args_defaults_and_options() -> None:
-    args = suite.parse_args([])
-    assert args.only == suite.MEASUREMENTS and not args.quick and args.out is None
-    assert args.long_seconds is None and args.caps == suite.SHARE_CAPS
-    args = suite.parse_args(["--quick", "--only", "share,init", "--out", "r.json", "--long-seconds", "200",
+    args = cli.parse_args([])
+    assert args.only == measurements.MEASUREMENTS and not args.quick and args.out is None
+    assert args.long_seconds is None and args.caps == measurements.SHARE_CAPS
+    args = cli.parse_args(["--quick", "--only", "share,init", "--out", "r.json", "--long-seconds", "200",
                              "--shapes", "matmul", "--caps", "30,45"])
     assert args.quick and args.only == ("share", "init") and args.out == Path("r.json")
     assert args.long_seconds == 200.0 and args.shapes == ("matmul",) and args.caps == (30, 45)
@@ -267,20 +268,20 @@ def test_parse_args_defaults_and_options() -> None:
                                   ["--shapes", "graph"], ["--long-seconds", "1"]])
 def test_parse_args_rejects_bad_values(argv: list, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
-        suite.parse_args(argv)
+        cli.parse_args(argv)
     assert exc.value.code == 2
 
 
 def test_durations_quick_is_about_ten_times_shorter_and_long_sets_share_only() -> None:
-    full, quick = suite.Durations.make(), suite.Durations.make(quick=True)
+    full, quick = measurements.Durations.make(), measurements.Durations.make(quick=True)
     assert (full.share_s, full.tenants_s, full.launches) == (30.0, 30.0, 200_000)
     assert quick.share_s == full.share_s / 10 and quick.launches == full.launches / 10
-    long = suite.Durations.make(long_seconds=200)
+    long = measurements.Durations.make(long_seconds=200)
     assert long.share_s == 200.0 and long.tenants_s == 30.0 and long.baseline_s == full.baseline_s
 
 
 def test_plan_puts_each_baseline_once_before_its_first_use() -> None:
-    steps = suite.plan(suite.Selection(), suite.Durations.make())
+    steps = plan.plan(plan.Selection(), measurements.Durations.make())
     labels = [s.label for s in steps]
     assert labels[0].startswith("preflight")
     baselines = [label for label in labels if label.startswith("native baseline")]
@@ -294,19 +295,19 @@ def test_plan_puts_each_baseline_once_before_its_first_use() -> None:
 
 
 def test_plan_for_only_tenants_measures_its_own_baselines() -> None:
-    steps = suite.plan(suite.Selection(names=("tenants",)), suite.Durations.make())
+    steps = plan.plan(plan.Selection(names=("tenants",)), measurements.Durations.make())
     assert [s.label.split(":")[0] for s in steps] == ["preflight"] + ["native baseline"] * 3 + ["tenants"] * 7
 
 
 def test_plan_for_a_long_run_of_one_shape_and_cap() -> None:
-    d = suite.Durations.make(long_seconds=200)
-    steps = suite.plan(suite.Selection(names=("share",), shapes=("matmul",), caps=(30,)), d)
+    d = measurements.Durations.make(long_seconds=200)
+    steps = plan.plan(plan.Selection(names=("share",), shapes=("matmul",), caps=(30,)), d)
     assert [s.label for s in steps][1:] == ["native baseline: matmul alone for 10 s",
                                             "share: force 30% matmul for 200 s"]
 
 
 def test_dry_run_prints_the_plan_and_starts_nothing(capsys: pytest.CaptureFixture) -> None:
-    assert suite.main(["--dry-run", "--worker-cmd", "/nonexistent/worker"]) == 0
+    assert cli.main(["--dry-run", "--worker-cmd", "/nonexistent/worker"]) == 0
     err = capsys.readouterr().err
     assert "plan: 30 steps, estimated" in err and "[30/30] fourtenants" in err
 
@@ -318,20 +319,20 @@ def test_clean_env_drops_the_preload_and_every_slice_variable() -> None:
             "CUDA_DEVICE_SM_LIMIT": "30", "CUDA_DEVICE_SM_LIMIT_0": "20", "CUDA_DEVICE_MEMORY_LIMIT_1": "1g",
             "GPU_CORE_UTILIZATION_POLICY": "force", "CUDA_DEVICE_MEMORY_SHARED_CACHE": "/r",
             "LIBCUDA_LOG_LEVEL": "4", "LIBVGPU_ARBITER_DIR": "/a", "CUDA_VISIBLE_DEVICES": "0"}
-    env = suite.clean_env(base)
+    env = environment.clean_env(base)
     assert env == {"PATH": "/bin", "LD_LIBRARY_PATH": "/usr/lib", "CUDA_VISIBLE_DEVICES": "0",
                    "PYTHONUNBUFFERED": "1"}
 
 
 def test_worker_env_native_and_hooked() -> None:
     base = {"PATH": "/bin", "CUDA_DEVICE_SM_LIMIT": "99"}
-    assert "CUDA_DEVICE_SM_LIMIT" not in suite.worker_env(base, "/lib.so", None)
-    capped = suite.Slice(region="/t/a.region", arbiter_dir="/t/arbiter", sm_limit=30, policy="force")
-    env = suite.worker_env(base, "/lib.so", capped)
+    assert "CUDA_DEVICE_SM_LIMIT" not in environment.worker_env(base, "/lib.so", None)
+    capped = environment.Slice(region="/t/a.region", arbiter_dir="/t/arbiter", sm_limit=30, policy="force")
+    env = environment.worker_env(base, "/lib.so", capped)
     assert env["LD_PRELOAD"] == "/lib.so" and env["CUDA_DEVICE_SM_LIMIT"] == "30"
     assert env["GPU_CORE_UTILIZATION_POLICY"] == "force" and env["CUDA_DEVICE_MEMORY_LIMIT"] == "16g"
     assert env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] == "/t/a.region" and env["LIBVGPU_ARBITER_DIR"] == "/t/arbiter"
-    uncapped = suite.worker_env(base, "/lib.so", suite.Slice(region="/r", arbiter_dir="/a"))
+    uncapped = environment.worker_env(base, "/lib.so", environment.Slice(region="/r", arbiter_dir="/a"))
     assert "CUDA_DEVICE_SM_LIMIT" not in uncapped and "GPU_CORE_UTILIZATION_POLICY" not in uncapped
 
 
@@ -355,15 +356,15 @@ def test_slice_env_reaches_every_hooked_worker_and_no_native_one(fake: dict,
 def test_slice_env_refuses_what_is_not_a_library_setting(setting: str, message: str,
                                                           capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as stop:
-        suite.parse_args(["--slice-env", setting])
+        cli.parse_args(["--slice-env", setting])
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_parse_size() -> None:
-    assert suite.parse_size("16g") == 16 << 30
-    assert suite.parse_size("4096m") == 4 << 30
-    assert suite.parse_size("1024") == 1024
+    assert environment.parse_size("16g") == 16 << 30
+    assert environment.parse_size("4096m") == 4 << 30
+    assert environment.parse_size("1024") == 1024
 
 
 # --------------------------------------------------------------------------- workloads (pure parts)
@@ -525,12 +526,12 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
             "out": tmp_path / "results.json", "log": log}
 
 
-FAST = replace(suite.Durations.make(quick=True), rounds=2, init_sequential=2, init_batch=6)
-SHORT_TIMEOUTS = suite.Timeouts(ready_s=2.0, margin_s=5.0, factor=1.0, kill_grace_s=1.0)
+FAST = replace(measurements.Durations.make(quick=True), rounds=2, init_sequential=2, init_batch=6)
+SHORT_TIMEOUTS = processes.Timeouts(ready_s=2.0, margin_s=5.0, factor=1.0, kill_grace_s=1.0)
 
 
-def run_suite(fake: dict, *extra: str, timeouts: suite.Timeouts = SHORT_TIMEOUTS) -> tuple:
-    rc = suite.main([*fake["argv"], "--out", str(fake["out"]), *extra], timeouts=timeouts, durations=FAST)
+def run_suite(fake: dict, *extra: str, timeouts: processes.Timeouts = SHORT_TIMEOUTS) -> tuple:
+    rc = cli.main([*fake["argv"], "--out", str(fake["out"]), *extra], timeouts=timeouts, durations=FAST)
     return rc, json.loads(fake["out"].read_text())
 
 
@@ -660,7 +661,7 @@ def test_render_reprints_saved_results(fake: dict, capsys: pytest.CaptureFixture
     rc, _ = run_suite(fake, "--quick", "--only", "launch,init")
     assert rc == 0
     first = capsys.readouterr().out
-    assert suite.main(["--render", str(fake["out"])]) == 0
+    assert cli.main(["--render", str(fake["out"])]) == 0
     assert capsys.readouterr().out == first
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from suite import coefficient_of_variation, rate as windows_rate, steady, window_rates  # noqa: E402
+from gpu_suite.window_stats import (coefficient_of_variation, rate as windows_rate, steady,  # noqa: E402
+                                   window_rates)
 
 
 def load(path: str, trim_last: bool = False) -> Tuple[float, List[float]]:

@@ -40,7 +40,7 @@ ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(ROOT / "bench"))  # noqa: E402
 from hub_harness import Hub, process_env  # noqa: E402
-import suite  # noqa: E402  (bench/suite.py: rate and steady, the suite's share arithmetic)
+from gpu_suite import environment, window_stats  # noqa: E402  (the suite's share arithmetic)
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -138,7 +138,7 @@ def base_env() -> dict[str, str]:
     """This environment minus LD_PRELOAD, CUDA_VISIBLE_DEVICES and every variable libvgpu reads."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("LD_PRELOAD", "CUDA_VISIBLE_DEVICES")
-           and not k.startswith(suite.SLICE_VARIABLES)}
+           and not k.startswith(environment.SLICE_VARIABLES)}
     env["PYTHONUNBUFFERED"] = "1"
     # CUDA numbers the GPUs as nvidia-smi does, so "1,0" means nvidia-smi's GPU 1 first.
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -456,10 +456,10 @@ def test_compute_cap_per_device_holds_with_both_gpus_busy(tmp_path: Path) -> Non
     shares = {}
     for ordinal in (0, 1):
         assert native[ordinal]["libvgpu_loaded"] is False and capped[ordinal]["libvgpu_loaded"] is True
-        base = suite.native_rate(native[ordinal]["windows"])
-        got = suite.rate(suite.steady(capped[ordinal]["windows"]))
+        base = window_stats.native_rate(native[ordinal]["windows"])
+        got = window_stats.rate(window_stats.steady(capped[ordinal]["windows"]))
         shares[ordinal] = 100.0 * got / base
-        first = 100.0 * suite.rate(suite.first_seconds(capped[ordinal]["windows"], 5.0)) / base
+        first = 100.0 * window_stats.rate(window_stats.first_seconds(capped[ordinal]["windows"], 5.0)) / base
         print(f"GPU {ordinal} ({uuid_of(ordinal)}): native {base:.1f} matmul/s, capped {got:.1f} matmul/s "
               f"-> share {shares[ordinal]:.1f}% (first 5 s {first:.1f}%) of cap {CAPS[ordinal]}%")
         assert snap.device(uuid_of(ordinal)).sm_limit == CAPS[ordinal]
