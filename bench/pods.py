@@ -50,6 +50,7 @@ from gpu_suite.window_stats import rate, steady  # noqa: E402
 from workers import Stuck, together  # noqa: E402
 
 MEASUREMENTS = ("alone", "pair", "four", "notebook", "force")
+WORKER_SCRIPTS = ("workloads.py", "notebook.py")  # what the pods run; they import nothing else of bench/
 MEMORY_LIMIT = "16g"
 
 
@@ -84,10 +85,8 @@ class Node:
         self.as_root = as_root
         self.base = Path(tempfile.mkdtemp(prefix="hami-pods-", dir="/var/tmp" if pods else None))
         self.base.chmod(0o755)
-        for name in ("workloads.py", "notebook.py", "suite.py"):  # pods cannot see a /tmp checkout
+        for name in WORKER_SCRIPTS:  # pods cannot see a /tmp checkout
             shutil.copy(BENCH_DIR / name, self.base / name)
-        shutil.copytree(BENCH_DIR / "gpu_suite", self.base / "gpu_suite",  # suite.py's parts
-                        ignore=shutil.ignore_patterns("__pycache__"))
         self.socket_dir = self.base / "arbiter"
         self.daemon: Optional[subprocess.Popen] = None
         self.uid = 62_000

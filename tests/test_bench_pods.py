@@ -91,9 +91,8 @@ def test_the_pods_copy_of_the_bench_scripts_runs_without_the_checkout() -> None:
     # Pods see only the node's directory, not the source tree: what is copied there must be whole.
     node = pods.Node("/nonexistent/libvgpu.so", pods=False)
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}
-    for argv in (["workloads.py", "--help"], ["notebook.py", "--help"], ["suite.py", "--dry-run"]):
-        done = subprocess.run([sys.executable, *argv], cwd=node.base, env=env, capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, (argv, done.stderr)
-    assert "plan: 30 steps" in done.stderr
+    for name in pods.WORKER_SCRIPTS:
+        done = subprocess.run([sys.executable, name, "--help"], cwd=node.base, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0 and "usage:" in done.stdout, (name, done.stderr)
     shutil.rmtree(node.base)
