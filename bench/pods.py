@@ -76,6 +76,16 @@ def can_make_pods() -> bool:
         shutil.rmtree(top, ignore_errors=True)
 
 
+def another_uid_can_run(code: str) -> bool:
+    """Whether a pod's uid can run this Python with code (a Python under /root, say, it cannot).
+
+    Through ``env``, as a pod starts its worker: setpriv exec'ing the
+    interpreter itself still gets past directory permissions (root's
+    capabilities last through that first exec)."""
+    return subprocess.run(["setpriv", "--reuid=62000", "--regid=62000", "--clear-groups", "env", sys.executable,
+                           "-c", code], cwd="/", capture_output=True).returncode == 0
+
+
 class Node:
     """The GPU node: a directory all pods can read, the arbiter daemon, and a way to start pods."""
 
@@ -186,9 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hami_kernel import library_path
     pods = can_make_pods()
     as_root = args.as_root
-    if pods and not as_root and subprocess.run(
-            ["setpriv", "--reuid=62000", "--regid=62000", "--clear-groups", sys.executable, "-c",
-             "import torch, hami_kernel"], cwd="/", capture_output=True).returncode != 0:
+    if pods and not as_root and not another_uid_can_run("import torch, hami_kernel"):
         as_root = True  # this Python (or torch) is readable by root only: pods keep root's uid
     node = Node(str(library_path()), pods, as_root)
     busy_s, bursts, force_bursts = (8, 120, 200) if args.quick else (20, 300, 500)

@@ -96,3 +96,33 @@ def test_the_pods_copy_of_the_bench_scripts_runs_without_the_checkout() -> None:
                               text=True, timeout=60)
         assert done.returncode == 0 and "usage:" in done.stdout, (name, done.stderr)
     shutil.rmtree(node.base)
+
+
+POD_VIEW = ("import json, os, sys; print('ready', flush=True); sys.stdin.readline(); "
+            "s = open('/etc/hami-jupyter/slice').read() if os.path.exists('/etc/hami-jupyter/slice') else None; "
+            "print(json.dumps({'uid': os.getuid(), 'slice': s, 'tmp': sorted(os.listdir('/tmp')), "
+            "'env_cap': os.environ.get('CUDA_DEVICE_SM_LIMIT')}))")
+
+
+@pytest.mark.skipif(not pods.can_make_pods(), reason="pods need root, unshare, setpriv and overlay mounts (CI has them)")
+def test_pods_get_their_slice_file_a_private_tmp_and_their_own_uid(tmp_path: Path) -> None:
+    # What bench/pods.py's GPU tenants rely on, without a GPU: each pod's slice comes from a
+    # root-owned file in its own /etc (not its environment), /tmp is its own, and so is its uid.
+    node = pods.Node("/nonexistent/libvgpu.so", pods=True)
+    node.as_root = not pods.another_uid_can_run("import json")  # a Python under /root: the pods keep root's uid
+    marker = Path("/tmp") / f"hami-pods-host-{os.getpid()}"
+    marker.write_text("the host's /tmp")
+    try:
+        a, b, bare = pods.together([node.start(["-c", POD_VIEW], 30, "force"), node.start(["-c", POD_VIEW], 70),
+                                    node.start(["-c", POD_VIEW], None)], timeout=60)
+    finally:
+        marker.unlink()
+        shutil.rmtree(node.base, ignore_errors=True)
+    assert a["slice"] == ("CUDA_DEVICE_MEMORY_LIMIT=16g\nCUDA_DEVICE_SM_LIMIT=30\nGPU_CORE_UTILIZATION_POLICY=force\n"
+                          f"LIBVGPU_ARBITER_SOCKET={node.socket}\n")
+    assert "CUDA_DEVICE_SM_LIMIT=70\n" in b["slice"] and "GPU_CORE_UTILIZATION_POLICY=default\n" in b["slice"]
+    assert bare["slice"] is None  # no libvgpu, no slice
+    assert a["env_cap"] is None and b["env_cap"] is None  # the cap is the file's, not the environment's
+    assert all(marker.name not in r["tmp"] for r in (a, b, bare))  # a private /tmp each
+    if not node.as_root:
+        assert len({a["uid"], b["uid"], bare["uid"]}) == 3 and 0 not in {a["uid"], b["uid"]}
