@@ -53,6 +53,7 @@ GRAPH_MATMULS = 20
 COOP_BLOCK = 256           # shape "coop": one block per SM, grid-wide syncs
 COOP_ROUNDS = 4
 COOP_SPIN = 50_000         # dependent FMAs per thread between grid syncs (~0.1 ms)
+SPIN_CYCLES = 1_000_000    # shape "spin": one thread, about 0.5 ms at 2 GHz
 
 EMPTY_KERNEL = 'extern "C" __global__ void empty() {}'
 COOP_KERNEL = r'''
@@ -234,8 +235,18 @@ def shape_coop() -> Shape:
                  mem_total=cupy_mem_total, check=check)
 
 
+def shape_spin(cycles: int = SPIN_CYCLES) -> Shape:
+    """One thread spinning on the clock: the GPU is busy (its clocks stay up)
+    while drawing next to nothing for the work, so its power is about what
+    it draws between a capped process's turns (bench/experiments/power_charge_check.sh)."""
+    import torch
+    return Shape(step=lambda: torch.cuda._sleep(cycles), synchronize=torch.cuda.synchronize,
+                 describe={"iteration": f"one thread spinning {cycles} clock cycles (torch.cuda._sleep)"},
+                 mem_total=torch_mem_total)
+
+
 SHAPES = {"matmul": shape_matmul, "small": shape_small, "sync": shape_sync,
-          "graph": shape_graph, "coop": shape_coop}
+          "graph": shape_graph, "coop": shape_coop, "spin": shape_spin}
 SIZED_SHAPES = ("matmul", "small", "sync")  # --size: the matmul's n, or the add's elements
 
 

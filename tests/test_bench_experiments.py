@@ -86,3 +86,33 @@ def test_setting_ab_runs_each_value_of_a_setting_on_each_shape(tmp_path: Path) -
     # one native run per shape, shared by both values
     assert sorted(p.name for p in (tmp_path / "out").glob("*.native.json")) == [
         "small.4194304.native.json", "sync.4096.native.json"]
+
+
+def _fake_run(out: Path, name: str, rate: float, watts: float, clock: float, err: str = "") -> None:
+    """A worker's JSON (10 windows of 0.5 s from t0=100) and NVML samples every 10 ms at constant power."""
+    windows = [[i * 0.5, (i + 1) * 0.5, rate * 0.5] for i in range(10)]
+    (out / f"{name}.json").write_text("ready\n" + json.dumps({"windows": windows, "t0": 100.0}) + "\n")
+    rows = [f"{99 + i / 100:.6f},{watts * i * 10:.0f},{clock:.0f},{watts * 1000:.0f}" for i in range(800)]
+    (out / f"{name}.nvml.csv").write_text("\n".join(rows) + "\n")
+    (out / f"{name}.err").write_text(err)
+
+
+def test_power_charge_summary_compares_the_model_with_what_the_gpu_gave(tmp_path: Path) -> None:
+    # An H100-like GPU: native 1000 it/s at its 700 W limit; alone at 30% the turns run
+    # 14% faster (342 it/s) at 372 W on average; one spinning thread draws 130 W.
+    _fake_run(tmp_path, "rest", 0, 75, 345)
+    _fake_run(tmp_path, "spin", 2000, 130, 1980)
+    _fake_run(tmp_path, "native", 1000, 700, 1755)
+    _fake_run(tmp_path, "force30_unaware", 342, 372, 1980)
+    _fake_run(tmp_path, "force30_aware", 300, 350, 1980,
+              "vgpu: compute share 30%: 9 turns, charge scale 1.109\n"
+              "vgpu: power: 75 W at rest, 145 W taken between turns, limit 700 W; last window 350 W at 27.0% duty\n")
+    done = subprocess.run([sys.executable, str(EXPERIMENTS / "power_charge_summary.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "at rest 75 W; native 1000.0 it/s at 700 W, SM clock 1755 MHz"
+    assert lines[1] == "one thread spinning: 130 W at 1980 MHz (the gap's power, measured)"
+    # Speed-up 1.140; the model: ((372-145)/0.3/(700-145))^(1/3) = 1.109 with libvgpu's gap,
+    # 1.123 with the spinning thread's; a gap of 110 W would make it exact.
+    assert lines[3] == "30 | 1.140 | 372 | 1980 | 1.109 (gap 145 W) | 1.123 | 110 W | 30.0% (1.109)"

@@ -422,7 +422,7 @@ def test_workloads_command_line() -> None:
     args = workloads.parse_args(["launch", "--launches", "10"])
     assert args.launches == 10 and args.warmup_launches == 10_000 and not args.json
     assert set(workloads.PROGRAMS) == {"info", "launch", "tflops", "init", "matmul", "small", "sync",
-                                       "graph", "coop"}
+                                       "graph", "coop", "spin"}
 
 
 def test_emit_prints_one_json_line() -> None:
