@@ -316,10 +316,14 @@ def test_idle_policy_notifications(browser: Any, tmp_path: Path) -> None:
     lab_settings(srv, tmp_path)
     srv.start()
     try:
-        pg = open_lab(browser, srv)
         (srv.root / "lunch.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
         kernel = srv.open_notebook("lunch.ipynb", "gpu-whole")
-        assert srv.allocate(kernel, 200) == 0
+        # JupyterLab reads the running sessions as it starts, then every 10 s or so: with the
+        # notebook's session made first, the file browser marks it running from the start.
+        pg = open_lab(browser, srv)
+        running = pg.locator(".jp-DirListing-content .jp-mod-running")
+        wait_for("the running mark", lambda: running.count() == 1, timeout=30)
+        assert srv.allocate(kernel, 200) == 0  # 216 MiB held from here; the idle clock starts now
         pg.locator(STATUS).click()  # the panel, to see the kernel marked idle
         warning = pg.get_by_text(re.compile(r"The kernel of lunch\.ipynb has held 216 MiB .* will be shut down"))
         warning.first.wait_for(state="visible", timeout=90_000)
@@ -332,9 +336,7 @@ def test_idle_policy_notifications(browser: Any, tmp_path: Path) -> None:
             timeout=30)
         pg.wait_for_timeout(1000)  # the toast's slide-in, for the screenshot
         shot(pg, "idle-warning")
-        running = pg.locator(".jp-DirListing-content .jp-mod-running")
-        # The file browser marks the notebook as running (from its own poll of the sessions).
-        wait_for("the running mark", lambda: running.count() == 1, timeout=30)
+        assert running.count() == 1
         assert kernel in {k["id"] for k in srv.get("api/kernels")}  # announced, not yet done
         done = pg.get_by_text(re.compile(r"lunch\.ipynb was shut down after .* 216 MiB of GPU memory came back"))
         done.first.wait_for(state="visible", timeout=90_000)
