@@ -32,6 +32,9 @@ MAX_CLIENTS_PER_UID = 1024
 # A client sends at most a NOTE per 0.5 ms plus a few messages a turn; far
 # more than that is a flood, and the connection is dropped.
 MAX_MESSAGES_PER_SECOND = 20000
+# A tenant whose turns are taken back is named in the log at its first time,
+# then at most once a minute (one that misbehaves would be revoked every turn).
+REVOKED_LOG_INTERVAL_NS = 60 * 1_000_000_000
 
 
 def _now() -> int:
@@ -48,6 +51,8 @@ class Client:
         self.closed = False
         self.window_start = 0
         self.window_count = 0
+        self.revoked = 0
+        self.revoked_logged_at: Optional[int] = None
 
 
 class ArbiterServer:
@@ -212,11 +217,22 @@ class ArbiterServer:
         for client, msg in sends:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%.6f -> pid %d op %d", time.monotonic(), client.pid, msg.op)
+            if msg.op == P.REVOKED:
+                self._log_revoked(client)
             if not self._send(client, msg):
                 failed.append(client)
         for client in failed:
             self._drop(client, "it stopped reading")  # leaves the GPU, which may grant anew
         self._arm(gpu)
+
+    def _log_revoked(self, client: Client) -> None:
+        client.revoked += 1
+        now = _now()
+        if client.revoked_logged_at is not None and now - client.revoked_logged_at < REVOKED_LOG_INTERVAL_NS:
+            return
+        client.revoked_logged_at = now
+        log.info("pid %d (uid %d) kept the GPU from others without using it: its turn was taken back "
+                 "(%d time%s so far)", client.pid, client.uid, client.revoked, "" if client.revoked == 1 else "s")
 
     def _arm(self, gpu: Gpu) -> None:
         old = self.timers.pop(gpu.uuid, None)

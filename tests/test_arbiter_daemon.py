@@ -166,3 +166,27 @@ def test_grants_added_and_removed_are_seen_at_once(tmp_path: Path) -> None:
     assert resolver.slice_of(10).compute_share == 70  # now only its user's other grant
     (grants / "11-112").unlink()
     assert resolver.slice_of(11) is None
+
+
+def test_a_tenant_whose_turns_are_taken_back_is_named_once_a_minute(caplog: pytest.LogCaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from hami_arbiter import server as S
+
+    clock = [10 ** 12]
+    monkeypatch.setattr(S, "_now", lambda: clock[0])
+    daemon = S.ArbiterServer("/nonexistent", lambda pid: None)
+    squatter = S.Client(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET), pid=4242, uid=1234)
+    try:
+        with caplog.at_level("INFO", logger="hami_arbiter"):
+            for _ in range(500):  # a revocation every 20 ms for 10 s
+                daemon._log_revoked(squatter)
+                clock[0] += 20_000_000
+            clock[0] += S.REVOKED_LOG_INTERVAL_NS
+            daemon._log_revoked(squatter)
+    finally:
+        squatter.sock.close()
+    lines = [r.getMessage() for r in caplog.records if "taken back" in r.getMessage()]
+    assert lines == ["pid 4242 (uid 1234) kept the GPU from others without using it: its turn was taken back "
+                     "(1 time so far)",
+                     "pid 4242 (uid 1234) kept the GPU from others without using it: its turn was taken back "
+                     "(501 times so far)"]
