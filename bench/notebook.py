@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.bursts):
             time.sleep(rng.uniform(lo, hi) / 1000)
-            t0 = time.monotonic()
+            start = time.monotonic()
             for _ in range(count):
                 torch.matmul(a, b, out=c)
             torch.cuda.synchronize()
-            latencies.append((time.monotonic() - t0) * 1000)
+            latencies.append((time.monotonic() - start) * 1000)
     finally:
         gc.enable()
     t1 = time.monotonic()

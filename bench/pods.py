@@ -47,9 +47,17 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 from gpu_suite.environment import clean_env  # noqa: E402
 from gpu_suite.window_stats import rate, steady  # noqa: E402
-from workers import Stuck, together  # noqa: E402
+from workers import Stuck, WorkerFailed, together  # noqa: E402
 
 MEASUREMENTS = ("alone", "pair", "four", "notebook", "force")
+
+
+class NoCommonWindow(Exception):
+    """The runs of a measurement have no window in common to take shares over."""
+
+
+# What ends one measurement (recorded, and the run goes on with the next); SIGTERM still ends the run.
+FAILURES = (Stuck, WorkerFailed, NoCommonWindow)
 WORKER_SCRIPTS = ("workloads.py", "notebook.py")  # what the pods run; they import nothing else of bench/
 MEMORY_LIMIT = "16g"
 
@@ -170,7 +178,7 @@ def common_rate(run: dict, lo: float, hi: float) -> float:
     """The run's rate over its windows inside [lo, hi] (CLOCK_MONOTONIC seconds)."""
     windows = [w for w in run["windows"] if run["t0"] + w[0] >= lo and run["t0"] + w[1] <= hi]
     if not windows:
-        raise SystemExit(f"pods: no window of the run inside [{lo:.3f}, {hi:.3f}]")
+        raise NoCommonWindow(f"no window of the run inside [{lo:.3f}, {hi:.3f}]")
     return rate(windows)
 
 
@@ -215,16 +223,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lines.append(line)
         save()
 
-    def stuck(name: str, exc: Stuck) -> None:
-        (out / f"stuck_{name}.txt").write_text(f"{exc}\n\n{exc.report}\n")
+    def stuck(name: str, exc: Exception) -> None:
+        """A measurement that could not be taken: said in the table, and the run goes on."""
+        report = getattr(exc, "report", None)
+        if report is not None:
+            (out / f"stuck_{name}.txt").write_text(f"{exc}\n\n{report}\n")
         results[f"stuck_{name}"] = str(exc)
-        say(f"| {name} | did not finish: {exc}; what its workers were doing: stuck_{name}.txt |")
+        where = f"what its workers were doing: stuck_{name}.txt" if report is not None else "all of it in pods.json"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        said = lines[0].rstrip(":") + (f" (… {lines[-1]})" if len(lines) > 1 else "")
+        say(f"| {name} | did not finish: {said}; {where} |")
 
     # `timeout` and the device's limit end a run with SIGTERM: the daemon's log is still saved.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     node.start_daemon()
     try:
-        (alone,) = together([node.start(busy_argv(10), None)])
+        try:
+            (alone,) = together([node.start(busy_argv(10), None)])
+        except FAILURES as exc:  # nothing else can be measured without it
+            stuck("alone", exc)
+            return 1
         native = rate(steady(alone["windows"]))
         results["alone"] = alone
         say(f"| matmul alone, no libvgpu | {native:.1f} matmuls/s |")
@@ -232,10 +250,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for policy in ("default", "force"):
                 try:
                     runs = together([node.start(busy_argv(busy_s), s, policy) for s in (30, 70)], busy_s + 60)
-                except Stuck as exc:
+                    shares = shares_of(runs, native)
+                except FAILURES as exc:
                     stuck(f"pair_{policy}", exc)
                     continue
-                shares = shares_of(runs, native)
                 results[f"pair_{policy}"] = {"runs": runs, "shares": shares}
                 ok = abs(shares[0] - 30) <= 2 and abs(shares[1] - 70) <= 2
                 say(f"| busy 30/70 `{policy}` as pods | {shares[0]:.1f}% / {shares[1]:.1f}% | goal 30±2 / 70±2: "
@@ -243,10 +261,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "four" in only:
             try:
                 runs = together([node.start(busy_argv(busy_s), 25) for _ in range(4)], busy_s + 60)
-            except Stuck as exc:
+                shares = shares_of(runs, native)
+            except FAILURES as exc:
                 stuck("four", exc)
             else:
-                shares = shares_of(runs, native)
                 results["four"] = {"runs": runs, "shares": shares}
                 ok = all(abs(s - 25) <= 2 for s in shares) and sum(shares) >= 97
                 say(f"| four at 25% | {' / '.join(f'{s:.1f}%' for s in shares)}, together {sum(shares):.1f}% | "
@@ -273,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 say(f"| busy tenant beside the notebook (libvgpu) | {keep:.1f}% of alone | goals p50 ≤ "
                     f"{nb_native['p50_ms']:.2f}, p99 ≤ {1.2 * nb_native['p99_ms']:.2f}, busy ≥ 85%: "
                     f"{'met' if ok else 'MISSED'} |")
-            except Stuck as exc:
+            except FAILURES as exc:
                 stuck("notebook", exc)
         if "force" in only:
             try:
@@ -284,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 say(f"| notebook alone, `force` 30%, {force_bursts} bursts | p50 {nb_force['p50_ms']:.2f} ms, "
                     f"p99 {nb_force['p99_ms']:.2f}, max {nb_force['max_ms']:.2f} | goal max ≤ 3× p50: "
                     f"{'met' if ok else 'MISSED'} |")
-            except Stuck as exc:
+            except FAILURES as exc:
                 stuck("force", exc)
     finally:
         node.stop()

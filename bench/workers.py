@@ -28,6 +28,10 @@ from typing import List, Sequence
 TAIL = 20_000  # characters of a worker's stderr kept for reports
 
 
+class WorkerFailed(Exception):
+    """A worker that exited before it was ready, or with an error; the message holds its output."""
+
+
 class Stuck(Exception):
     """Workers that did not get ready or finish in time; ``report`` says what each was doing."""
 
@@ -151,7 +155,7 @@ def together(procs: Sequence[subprocess.Popen], timeout: float = 240, ready_time
     """Waits for every worker's "ready", says "go" to all at once, and collects their JSON.
 
     Stuck when one is not ready within ready_timeout seconds or the last has not
-    finished timeout seconds after "go"; SystemExit when one exits first or fails."""
+    finished timeout seconds after "go"; WorkerFailed when one exits first or fails."""
     outputs = [_Output(p) for p in procs]
     deadline = time.monotonic() + ready_timeout
     for p, o in zip(procs, outputs):
@@ -159,7 +163,7 @@ def together(procs: Sequence[subprocess.Popen], timeout: float = 240, ready_time
             if o.closed:  # a library may print something of its own first; an exit is final
                 p.wait(30)
                 o.join()
-                raise SystemExit(f"pods: a worker did not get ready: {o.text()[-3000:]}\n{o.err[-3000:]}")
+                raise WorkerFailed(f"a worker did not get ready: {o.text()[-3000:]}\n{o.err[-3000:]}")
             if time.monotonic() > deadline:
                 raise Stuck(f"a worker did not get ready in {ready_timeout:.0f} s", stuck_report(procs, outputs))
             time.sleep(0.02)
@@ -175,6 +179,6 @@ def together(procs: Sequence[subprocess.Popen], timeout: float = 240, ready_time
             raise Stuck(f"a worker did not finish {timeout:.0f} s after go", stuck_report(procs, outputs)) from None
         o.join()
         if p.returncode != 0:
-            raise SystemExit(f"pods: a worker failed ({p.returncode}):\n{o.text()[-3000:]}\n{o.err[-3000:]}")
+            raise WorkerFailed(f"a worker failed ({p.returncode}):\n{o.text()[-3000:]}\n{o.err[-3000:]}")
         results.append(json.loads(o.text().strip().splitlines()[-1]))
     return results

@@ -2,16 +2,19 @@
 how tenants are started and released together (stand-in workers)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import pods  # noqa: E402
+from cbuild import build_tests  # noqa: E402
 
 
 def test_shares_are_taken_over_the_interval_all_tenants_ran() -> None:
@@ -19,7 +22,7 @@ def test_shares_are_taken_over_the_interval_all_tenants_ran() -> None:
     a = {"t0": 100.0, "windows": [[0, 0.5, 10], [0.5, 1.0, 12], [1.0, 1.5, 14], [1.5, 2.0, 10]]}
     b = {"t0": 100.2, "windows": [[0, 0.5, 5], [0.5, 1.0, 6], [1.0, 1.5, 7], [1.5, 2.0, 5]]}
     assert pods.shares_of([a, b], 20.0) == [120.0, 65.0]
-    with pytest.raises(SystemExit, match="no window"):
+    with pytest.raises(pods.NoCommonWindow, match="no window"):
         pods.common_rate(a, 200.0, 201.0)
 
 
@@ -39,7 +42,7 @@ def test_tenants_get_their_slice_and_start_together(tmp_path: Path) -> None:
 
 def test_a_worker_that_fails_stops_the_run_with_its_output() -> None:
     node = pods.Node("/nonexistent/libvgpu.so", pods=False)
-    with pytest.raises(SystemExit, match="did not get ready"):
+    with pytest.raises(pods.WorkerFailed, match="did not get ready"):
         pods.together([node.start(["-c", "import sys; print('no GPU here'); sys.exit(1)"], None)])
     shutil.rmtree(node.base)
 
@@ -126,3 +129,38 @@ def test_pods_get_their_slice_file_a_private_tmp_and_their_own_uid(tmp_path: Pat
     assert all(marker.name not in r["tmp"] for r in (a, b, bare))  # a private /tmp each
     if not node.as_root:
         assert len({a["uid"], b["uid"], bare["uid"]}) == 3 and 0 not in {a["uid"], b["uid"]}
+
+
+@pytest.mark.skipif(not pods.can_make_pods(), reason="pods need root, unshare, setpriv and overlay mounts (CI has them)")
+def test_the_whole_pods_run_on_the_fake_driver(tmp_path: Path) -> None:
+    # bench/pods.py end to end, as on the GPU machine, with the real workers, daemon, pods
+    # and libvgpu; only torch is a stand-in (tests/fake_torch) launching on the fake driver.
+    # Shares and latencies depend on the loaded host here; the GPU machine's are in RESULTS.md.
+    fake_torch = Path(tempfile.mkdtemp(prefix="hami-fake-torch-", dir="/var/tmp"))  # pods cannot see /tmp
+    fake_torch.chmod(0o755)
+    shutil.copytree(Path(__file__).parent / "fake_torch" / "torch", fake_torch / "torch")
+    env = {**os.environ, "PYTHONPATH": str(fake_torch), "LD_LIBRARY_PATH": str(build_tests("plain") / "fakedrv"),
+           "FAKE_CUDA_STATE": "/tmp/fake.state", "FAKE_CUDA_LAUNCH_NS": "200000"}
+    try:
+        done = subprocess.run([sys.executable, str(pods.BENCH_DIR / "pods.py"), "--out", str(tmp_path), "--quick"],
+                              env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(fake_torch, ignore_errors=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((tmp_path / "pods.json").read_text())
+    assert not [k for k in results if k.startswith("stuck_")], done.stdout
+    assert results["pods"] and results["alone"]["libvgpu_loaded"] is False
+    for policy in ("default", "force"):
+        shares = results[f"pair_{policy}"]["shares"]
+        assert shares[0] < shares[1] and 50 <= sum(shares) <= 105, (policy, shares)
+        assert all(r["libvgpu_loaded"] for r in results[f"pair_{policy}"]["runs"])
+    assert len(results["four"]["shares"]) == 4 and sum(results["four"]["shares"]) <= 105
+    notebook = results["notebook"]
+    assert notebook["beside_busy_libvgpu"]["libvgpu_loaded"] and not notebook["beside_busy_native"]["libvgpu_loaded"]
+    assert 0 < notebook["busy_keeps"] <= 105  # the busy tenant's rate while the notebook ran, not over 1 ms
+    assert results["force"]["bursts"] == 200 and results["force"]["max_ms"] >= results["force"]["p50_ms"] > 0
+    table = (tmp_path / "pods.md").read_text()
+    for row in ("| busy 30/70 `default` as pods |", "| busy 30/70 `force` as pods |", "| four at 25% |",
+                "| notebook 30% beside busy 70%, libvgpu `default` |", "| notebook alone, `force` 30%, 200 bursts |"):
+        assert row in table, table
+    assert "joins" in results["arbiter_log"]  # the daemon's log is kept
