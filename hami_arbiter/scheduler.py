@@ -17,11 +17,13 @@ and the socket server (server.py) only carries the answers out.
   holder, the holder is asked to yield at its next launch. Busy tenants ask
   again the moment they release, so they never get this credit, and their
   turns stay a full quantum (no ping-pong of short turns).
-- Nobody can keep the GPU from others: a holder whose quantum is over while
-  others wait, and that has neither renewed its turn (CHARGE) nor given it
-  back QUIET_NS later, is told (WAITING) even if no waiter is due on its
-  pass, since a holder that has stopped launching would otherwise keep the
-  turn until it launches again; a holder that others wait for and that
+- Nobody can keep the GPU from others: a holder that others wait for and
+  that has not launched (NOTE) for IDLE_NS, or whose quantum is over and
+  not renewed (CHARGE) QUIET_NS later, is told (WAITING) even if no waiter
+  is due on its pass: a holder that has stopped launching (a notebook after
+  its cell) would otherwise keep the turn, and the GPU idle, until its
+  quantum's end or, past it, until it launches again. Told, libvgpu gives
+  the turn back once its work is done; a holder that others wait for and that
   neither launches (no NOTE for IDLE_NS) nor gives the turn back within its
   quantum plus a grace is revoked and charged; a holder that goes away is
   charged up to its last sign of life.
@@ -43,10 +45,11 @@ MAX_QUANTUM = 50 * MS
 # while launching, and keep only a few ms of work queued on the GPU
 # (pacer.h), so a holder draining its last work is not taken for idle.
 IDLE_NS = 3 * MS
-# A holder past its quantum that others wait for is told so when it has not
-# renewed its turn (CHARGE, sent at its first launch past the quantum) this
-# long after: it has stopped launching (a worker waiting on its input, a
-# notebook between cells) and must not keep the turn until it launches again.
+# A holder that others wait for is told so when it has not launched (NOTE,
+# at most every 0.5 ms while it launches) for IDLE_NS, or has not renewed
+# its turn (CHARGE, at its first launch past the quantum) this long after
+# its quantum: it has stopped launching (a notebook after its cell, a worker
+# waiting on its input) and must not keep the turn while the GPU idles.
 QUIET_NS = 1 * MS
 # A waiter that was idle at least this long before asking may get lag credit.
 PROMPT_IDLE_NS = 1 * MS
@@ -165,8 +168,14 @@ class Gpu:
         if self.holder is None or not self._waiters():
             return None
         if self.asked == 0:
-            return self.deadline + QUIET_NS  # nobody is due before the holder: is it still there?
+            return self._quiet_at()  # nobody is due before the holder: is it still launching?
         return min(self._idle_at(), self._overdue_at())
+
+    def _quiet_at(self) -> int:
+        # Within its quantum a holder may pause launching for a while with
+        # work still queued (it waits for its oldest work when it has enough
+        # in flight, pacer.h): only a pause longer than that counts there.
+        return min(self.last_note + IDLE_NS, self.deadline + QUIET_NS)
 
     def _idle_at(self) -> int:
         since = max(self.last_note, self.asked_at if self.asked == 2 else max(self.deadline, self.asked_at))
@@ -186,7 +195,7 @@ class Gpu:
         if h is None or not self._waiters():
             return []
         if self.asked == 0:
-            if now < self.deadline + QUIET_NS:
+            if now < self._quiet_at():
                 return []
             self.asked, self.asked_at = 1, now
             return [(h.conn, P.Message(P.WAITING))]

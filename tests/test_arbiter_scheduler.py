@@ -205,3 +205,38 @@ def test_a_newcomer_joining_between_a_busy_tenants_turns_has_no_credit() -> None
     late = Tenant(conn="late", share=30, force=True)
     g.join(late, now - 3 * MS)
     assert busy.pass_ - late.pass_ <= busy.stride(14 * MS)
+
+
+def test_a_holder_that_stops_launching_within_its_quantum_is_told_at_once() -> None:
+    # A notebook's cell of 2 ms in a 10 ms turn: once it stops launching, a tenant
+    # waiting for the GPU need not wait for the rest of the quantum with the GPU idle.
+    g = Gpu(bytes(16))
+    notebook, busy = Tenant(conn="notebook", share=30), Tenant(conn="busy", share=70)
+    g.join(notebook, 0)
+    g.join(busy, 0)
+    busy.pass_ = 50 * MS  # it has had more than its share: not due before the notebook's quantum ends
+    g.want(notebook, Q, 0)
+    for t in range(1, 5):  # launching: a NOTE every 0.5 ms
+        g.note(notebook, t * MS // 2)
+    g.want(busy, Q, 2 * MS + MS // 2)
+    assert g.asked == 0 and g.tick(2 * MS + MS // 2) == []
+    assert g.next_check() == 2 * MS + IDLE_NS  # a pause longer than a wait for its queued work
+    assert g.tick(2 * MS + IDLE_NS - 1) == []
+    assert [(c, m.op) for c, m in g.tick(2 * MS + IDLE_NS)] == [("notebook", P.WAITING)]
+
+
+def test_a_holder_that_keeps_launching_is_not_told_before_its_quantum_ends() -> None:
+    g = Gpu(bytes(16))
+    a, b = Tenant(conn="a", share=50), Tenant(conn="b", share=50)
+    g.join(a, 0)
+    g.join(b, 0)
+    b.pass_ = 100 * MS
+    g.want(a, Q, 0)
+    g.want(b, Q, 0)
+    for t in range(1, 2 * Q // MS):  # a NOTE every 0.5 ms up to its quantum's end
+        now = t * MS // 2
+        g.note(a, now)
+        due = g.next_check()
+        assert due is not None and due > now
+        assert g.tick(now) == []
+    assert g.asked == 0
