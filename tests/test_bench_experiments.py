@@ -116,3 +116,29 @@ def test_power_charge_summary_compares_the_model_with_what_the_gpu_gave(tmp_path
     # Speed-up 1.140; the model: ((372-145)/0.3/(700-145))^(1/3) = 1.109 with libvgpu's gap,
     # 1.123 with the spinning thread's; a gap of 110 W would make it exact.
     assert lines[3] == "30 | 1.140 | 372 | 1980 | 1.109 (gap 145 W) | 1.123 | 110 W | 30.0% (1.109)"
+
+
+def test_the_summarys_power_model_is_libvgpus(tmp_path: Path) -> None:
+    # power_charge_summary.py writes power.h's formula again in Python to judge it;
+    # it must be the same formula as libvgpu's, or the experiment judges something else.
+    import ctypes
+    import shutil
+
+    if shutil.which("cc") is None:
+        raise AssertionError("a C compiler is needed (CI installs one for csrc/)")
+    root = EXPERIMENTS.parent.parent
+    lib = tmp_path / "power.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", f"-I{root / 'csrc/src'}", f"-I{root / 'csrc/include'}",
+                    str(root / "csrc/src/power.c"), "-o", str(lib)], check=True)
+    scale = ctypes.CDLL(str(lib)).vgpu_power_scale
+    scale.argtypes, scale.restype = [ctypes.c_double] * 4, ctypes.c_uint32
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        import power_charge_summary as summary
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    for watts in (150, 200, 372, 500, 660, 690):
+        for duty in (0.1, 0.3, 0.5, 0.7, 0.9):
+            for gap in (75, 120, 145):
+                c = scale(watts, duty, gap, 700) / 1024
+                assert abs(summary.model_speedup(watts, duty, gap, 700) - c) < 2e-3, (watts, duty, gap, c)
