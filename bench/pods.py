@@ -230,8 +230,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             (out / f"stuck_{name}.txt").write_text(f"{exc}\n\n{report}\n")
         results[f"stuck_{name}"] = str(exc)
         where = f"what its workers were doing: stuck_{name}.txt" if report is not None else "all of it in pods.json"
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        said = lines[0].rstrip(":") + (f" (… {lines[-1]})" if len(lines) > 1 else "")
+        parts = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        said = parts[0].rstrip(":") + (f" (… {parts[-1]})" if len(parts) > 1 else "")
         say(f"| {name} | did not finish: {said}; {where} |")
 
     # `timeout` and the device's limit end a run with SIGTERM: the daemon's log is still saved.
@@ -246,64 +246,60 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         native = rate(steady(alone["windows"]))
         results["alone"] = alone
         say(f"| matmul alone, no libvgpu | {native:.1f} matmuls/s |")
-        if "pair" in only:
-            for policy in ("default", "force"):
-                try:
-                    runs = together([node.start(busy_argv(busy_s), s, policy) for s in (30, 70)], busy_s + 60)
-                    shares = shares_of(runs, native)
-                except FAILURES as exc:
-                    stuck(f"pair_{policy}", exc)
-                    continue
-                results[f"pair_{policy}"] = {"runs": runs, "shares": shares}
-                ok = abs(shares[0] - 30) <= 2 and abs(shares[1] - 70) <= 2
-                say(f"| busy 30/70 `{policy}` as pods | {shares[0]:.1f}% / {shares[1]:.1f}% | goal 30±2 / 70±2: "
-                    f"{'met' if ok else 'MISSED'} |")
-        if "four" in only:
+        def pair(policy: str) -> None:
+            runs = together([node.start(busy_argv(busy_s), s, policy) for s in (30, 70)], busy_s + 60)
+            shares = shares_of(runs, native)
+            results[f"pair_{policy}"] = {"runs": runs, "shares": shares}
+            ok = abs(shares[0] - 30) <= 2 and abs(shares[1] - 70) <= 2
+            say(f"| busy 30/70 `{policy}` as pods | {shares[0]:.1f}% / {shares[1]:.1f}% | goal 30±2 / 70±2: "
+                f"{'met' if ok else 'MISSED'} |")
+
+        def four() -> None:
+            runs = together([node.start(busy_argv(busy_s), 25) for _ in range(4)], busy_s + 60)
+            shares = shares_of(runs, native)
+            results["four"] = {"runs": runs, "shares": shares}
+            ok = all(abs(s - 25) <= 2 for s in shares) and sum(shares) >= 97
+            say(f"| four at 25% | {' / '.join(f'{s:.1f}%' for s in shares)}, together {sum(shares):.1f}% | "
+                f"goal 25±2 each, ≥ 97%: {'met' if ok else 'MISSED'} |")
+
+        def notebook() -> None:
+            (nb_alone,) = together([node.start(notebook_argv(bursts), None)])
+            k = nb_alone["matmuls_per_burst"]
+            nb_native, busy_native = together([node.start(notebook_argv(bursts, k), None),
+                                               node.start(busy_argv(busy_s), None)])
+            nb_vgpu, busy_vgpu = together([node.start(notebook_argv(bursts, k), 30),
+                                           node.start(busy_argv(busy_s), 70)])
+            # The busy tenant's throughput while the notebook ran, of what it gets alone.
+            keep = 100 * common_rate(busy_vgpu, nb_vgpu["t0"], nb_vgpu["t1"]) / native
+            results["notebook"] = {"alone": nb_alone, "beside_busy_native": nb_native, "busy_native": busy_native,
+                                   "beside_busy_libvgpu": nb_vgpu, "busy_libvgpu": busy_vgpu, "busy_keeps": keep}
+            for label, r in (("alone, no libvgpu", nb_alone), ("beside busy, no libvgpu", nb_native),
+                             ("30% beside busy 70%, libvgpu `default`", nb_vgpu)):
+                say(f"| notebook {label} | p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f}, max {r['max_ms']:.2f} |")
+            ok = (nb_vgpu["p50_ms"] <= nb_native["p50_ms"] and nb_vgpu["p99_ms"] <= 1.2 * nb_native["p99_ms"]
+                  and keep >= 85)
+            say(f"| busy tenant beside the notebook (libvgpu) | {keep:.1f}% of alone | goals p50 ≤ "
+                f"{nb_native['p50_ms']:.2f}, p99 ≤ {1.2 * nb_native['p99_ms']:.2f}, busy ≥ 85%: "
+                f"{'met' if ok else 'MISSED'} |")
+
+        def force() -> None:
+            k = results.get("notebook", {}).get("alone", {}).get("matmuls_per_burst", 0)
+            (nb_force,) = together([node.start(notebook_argv(force_bursts, k), 30, "force")], 120)
+            results["force"] = nb_force
+            ok = nb_force["max_ms"] <= 3 * nb_force["p50_ms"]
+            say(f"| notebook alone, `force` 30%, {force_bursts} bursts | p50 {nb_force['p50_ms']:.2f} ms, "
+                f"p99 {nb_force['p99_ms']:.2f}, max {nb_force['max_ms']:.2f} | goal max ≤ 3× p50: "
+                f"{'met' if ok else 'MISSED'} |")
+
+        steps = [("pair", "pair_default", lambda: pair("default")), ("pair", "pair_force", lambda: pair("force")),
+                 ("four", "four", four), ("notebook", "notebook", notebook), ("force", "force", force)]
+        for measurement, name, step in steps:
+            if measurement not in only:
+                continue
             try:
-                runs = together([node.start(busy_argv(busy_s), 25) for _ in range(4)], busy_s + 60)
-                shares = shares_of(runs, native)
-            except FAILURES as exc:
-                stuck("four", exc)
-            else:
-                results["four"] = {"runs": runs, "shares": shares}
-                ok = all(abs(s - 25) <= 2 for s in shares) and sum(shares) >= 97
-                say(f"| four at 25% | {' / '.join(f'{s:.1f}%' for s in shares)}, together {sum(shares):.1f}% | "
-                    f"goal 25±2 each, ≥ 97%: {'met' if ok else 'MISSED'} |")
-        if "notebook" in only:
-            try:
-                (nb_alone,) = together([node.start(notebook_argv(bursts), None)])
-                k = nb_alone["matmuls_per_burst"]
-                nb_native, busy_native = together([node.start(notebook_argv(bursts, k), None),
-                                                   node.start(busy_argv(busy_s), None)])
-                nb_vgpu, busy_vgpu = together([node.start(notebook_argv(bursts, k), 30),
-                                               node.start(busy_argv(busy_s), 70)])
-                # The busy tenant's throughput while the notebook ran, of what it gets alone.
-                keep = 100 * common_rate(busy_vgpu, nb_vgpu["t0"], nb_vgpu["t1"]) / native
-                results["notebook"] = {"alone": nb_alone, "beside_busy_native": nb_native,
-                                       "busy_native": busy_native, "beside_busy_libvgpu": nb_vgpu,
-                                       "busy_libvgpu": busy_vgpu, "busy_keeps": keep}
-                for label, r in (("alone, no libvgpu", nb_alone), ("beside busy, no libvgpu", nb_native),
-                                 ("30% beside busy 70%, libvgpu `default`", nb_vgpu)):
-                    say(f"| notebook {label} | p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f}, "
-                        f"max {r['max_ms']:.2f} |")
-                ok = (nb_vgpu["p50_ms"] <= nb_native["p50_ms"] and nb_vgpu["p99_ms"] <= 1.2 * nb_native["p99_ms"]
-                      and keep >= 85)
-                say(f"| busy tenant beside the notebook (libvgpu) | {keep:.1f}% of alone | goals p50 ≤ "
-                    f"{nb_native['p50_ms']:.2f}, p99 ≤ {1.2 * nb_native['p99_ms']:.2f}, busy ≥ 85%: "
-                    f"{'met' if ok else 'MISSED'} |")
-            except FAILURES as exc:
-                stuck("notebook", exc)
-        if "force" in only:
-            try:
-                k = results.get("notebook", {}).get("alone", {}).get("matmuls_per_burst", 0)
-                (nb_force,) = together([node.start(notebook_argv(force_bursts, k), 30, "force")], 120)
-                results["force"] = nb_force
-                ok = nb_force["max_ms"] <= 3 * nb_force["p50_ms"]
-                say(f"| notebook alone, `force` 30%, {force_bursts} bursts | p50 {nb_force['p50_ms']:.2f} ms, "
-                    f"p99 {nb_force['p99_ms']:.2f}, max {nb_force['max_ms']:.2f} | goal max ≤ 3× p50: "
-                    f"{'met' if ok else 'MISSED'} |")
-            except FAILURES as exc:
-                stuck("force", exc)
+                step()
+            except FAILURES as exc:  # recorded; the next measurement is taken all the same
+                stuck(name, exc)
     finally:
         node.stop()
         results["arbiter_log"] = (node.base / "arbiter.log").read_text()[-20000:]
