@@ -17,16 +17,16 @@ and the socket server (server.py) only carries the answers out.
   holder, the holder is asked to yield at its next launch. Busy tenants ask
   again the moment they release, so they never get this credit, and their
   turns stay a full quantum (no ping-pong of short turns).
-- Nobody can keep the GPU from others: a holder that others wait for and
-  that has not launched (NOTE) for IDLE_NS, or whose quantum is over and
-  not renewed (CHARGE) QUIET_NS later, is told (WAITING) even if no waiter
-  is due on its pass: a holder that has stopped launching (a notebook after
-  its cell) would otherwise keep the turn, and the GPU idle, until its
-  quantum's end or, past it, until it launches again. Told, libvgpu gives
-  the turn back once its work is done; a holder that others wait for and that
-  neither launches (no NOTE for IDLE_NS) nor gives the turn back within its
-  quantum plus a grace is revoked and charged; a holder that goes away is
-  charged up to its last sign of life.
+- Nobody can keep the GPU from others. A holder that others wait for is
+  told (WAITING), even if no waiter is due on its pass, once it has not
+  launched (NOTE) for IDLE_NS or has not renewed its turn (CHARGE) QUIET_NS
+  after its quantum: one that has stopped launching (a notebook after its
+  cell) would otherwise keep the turn while the GPU idles. libvgpu then
+  gives the turn back once its work is done. A holder that neither launches
+  nor gives the turn back (no NOTE for IDLE_NS past its quantum, or past
+  being told), or that keeps launching a quantum past its own, is revoked
+  and charged; a holder that goes away is charged up to its last sign of
+  life.
 """
 
 from __future__ import annotations
@@ -189,8 +189,8 @@ class Gpu:
         return max(self.deadline, self.asked_at) + h.quantum
 
     def tick(self, now: int) -> List[Send]:
-        """Tells a holder gone quiet past its quantum that others wait; revokes
-        one that keeps others waiting without using the GPU."""
+        """Tells a holder that has stopped launching that others wait; revokes
+        one that keeps them waiting regardless."""
         h = self.holder
         if h is None or not self._waiters():
             return []
